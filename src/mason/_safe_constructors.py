@@ -1,0 +1,138 @@
+"""Checked stand-ins for reconstructors that ordinary pickles need but that are dangerous in
+general.  The default policy maps each name on the left of ``SAFE_SUBSTITUTES`` to the function
+here; a pickle that uses the name the way pickle itself does loads as before, and one that
+uses it as a gadget is refused.
+
+These functions are named in no stream: they are what ``find_class`` hands the engine in
+place of the real name.  Each says which use it permits and why.
+"""
+
+from __future__ import annotations
+
+import copyreg
+import enum
+
+from .errors import LimitError, UnsafeGlobalError
+
+# Longest range the default policy builds.  A range is lazy, but an allowed constructor
+# (list, set, deque, Counter, ...) given one materializes every element: range(2**40) is a
+# 50-byte memory bomb.  Allow "builtins.range" explicitly to lift the cap.
+MAX_SAFE_RANGE = 1 << 20
+# Largest size that bytes(n) / bytearray(n) may zero-fill; pickle itself never calls them
+# with a size, so any such call comes from a hand-made stream.
+MAX_SAFE_FILL = 1 << 20
+
+
+def _refuse(message: str):
+    raise UnsafeGlobalError(message)
+
+
+def reconstructor(cls, base, state):
+    """copyreg._reconstructor, as protocols 0 and 1 use it: ``base.__new__(cls, state)``.
+
+    cls and base reach us through the policy, so both are allowed; we only insist that they
+    are classes and that cls really derives from base, which is all pickle ever writes.
+    """
+    if not (isinstance(cls, type) and isinstance(base, type) and issubclass(cls, base)):
+        _refuse(f"copyreg._reconstructor called with {cls!r}, {base!r}: "
+                "pickle only writes it with a class and one of its bases")
+    return copyreg._reconstructor(cls, base, state)
+
+
+def newobj(cls, *args):
+    """copyreg.__newobj__: ``cls.__new__(cls, *args)`` for an allowed class."""
+    if not isinstance(cls, type):
+        _refuse(f"copyreg.__newobj__ called with {cls!r}, which is not a class")
+    return cls.__new__(cls, *args)
+
+
+def newobj_ex(cls, args, kwargs):
+    """copyreg.__newobj_ex__: ``cls.__new__(cls, *args, **kwargs)`` for an allowed class."""
+    if not isinstance(cls, type):
+        _refuse(f"copyreg.__newobj_ex__ called with {cls!r}, which is not a class")
+    return cls.__new__(cls, *args, **kwargs)
+
+
+def codecs_encode(obj, encoding="utf-8", errors="strict"):
+    """_codecs.encode, as protocols 0-2 use it for bytes: ``encode(text, 'latin1')``.
+
+    Any other codec is refused: ``_codecs.encode`` reaches every codec, compressors included.
+    """
+    if not isinstance(obj, str) or encoding not in ("latin1", "latin-1"):
+        _refuse(f"_codecs.encode called with encoding {encoding!r}: pickle only writes "
+                "it with 'latin1' to carry bytes")
+    return obj.encode(encoding, errors)
+
+
+def enum_member(cls, name):
+    """builtins.getattr, as enums pickle themselves: ``getattr(EnumClass, 'MEMBER')``.
+
+    getattr is the classic gadget (``getattr(os, 'system')``), so only a member name of an
+    allowed Enum class is looked up.
+    """
+    if isinstance(cls, type) and issubclass(cls, enum.Enum) and isinstance(name, str) \
+            and name in cls.__members__:
+        return cls.__members__[name]
+    _refuse(f"builtins.getattr called with {cls!r}, {name!r}: only enum members are looked "
+            "up this way by the default policy")
+
+
+def type_of(obj):
+    """builtins.type, as pickle uses it for ``type(None)``, ``type(...)`` and
+    ``type(NotImplemented)``.  Called with three arguments type() builds a class; refused."""
+    if obj is None or obj is Ellipsis or obj is NotImplemented:
+        return type(obj)
+    _refuse(f"builtins.type called with {obj!r}: pickle only writes it for the types of "
+            "None, Ellipsis and NotImplemented")
+
+
+def bounded_range(*args):
+    """builtins.range, capped at MAX_SAFE_RANGE elements (see above)."""
+    r = range(*args)
+    if len(r) > MAX_SAFE_RANGE:
+        raise LimitError(f"range of {len(r)} elements refused: an allowed constructor would "
+                         f"materialize it; allow 'builtins.range' if this data is honest")
+    return r
+
+
+def _bounded_fill(kind):
+    def build(*args):
+        if args and isinstance(args[0], int) and not isinstance(args[0], bool) \
+                and args[0] > MAX_SAFE_FILL:
+            raise LimitError(f"{kind.__name__}({args[0]}) refused: pickle never writes a size "
+                             f"here, so this zero-fill of {args[0]} bytes is a memory bomb")
+        return kind(*args)
+    build.__name__ = build.__qualname__ = kind.__name__
+    build.__doc__ = f"builtins.{kind.__name__}, refusing zero-fills larger than MAX_SAFE_FILL."
+    return build
+
+
+bounded_bytes = _bounded_fill(bytes)
+bounded_bytearray = _bounded_fill(bytearray)
+
+
+def fraction(*args):
+    """fractions.Fraction from what pickle writes: a 'n/d' string or two ints.  Fraction()
+    also parses '1e100000000', which computes a 100-million-digit power of ten."""
+    import fractions
+    import re
+    if len(args) == 1 and isinstance(args[0], str) \
+            and not re.fullmatch(r"\s*[-+]?\d+(/\d+)?\s*", args[0]):
+        _refuse(f"fractions.Fraction({args[0][:40]!r}) refused: pickle writes fractions as "
+                "'numerator/denominator'")
+    return fractions.Fraction(*args)
+
+
+# dotted name -> the stand-in that the default policy resolves it to
+SAFE_SUBSTITUTES = {
+    "copyreg._reconstructor": reconstructor,
+    "copyreg.__newobj__": newobj,
+    "copyreg.__newobj_ex__": newobj_ex,
+    "_codecs.encode": codecs_encode,
+    "builtins.getattr": enum_member,
+    "builtins.type": type_of,
+    "builtins.range": bounded_range,
+    "builtins.bytes": bounded_bytes,
+    "builtins.bytearray": bounded_bytearray,
+    "fractions.Fraction": fraction,
+}

@@ -1,0 +1,1 @@
+"""The pickle format: the opcode table, the decoder and the symbolic machine."""

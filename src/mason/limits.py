@@ -1,0 +1,252 @@
+"""Resource limits, and the check that enforces them before the C engine sees a stream.
+
+CPython's unpickler trusts the sizes a stream declares: a LONG_BINPUT of 0x3FFFFFFF makes it
+allocate and clear a 16 GiB memo, and from a file a BINBYTES8 of 2**60 makes it ask the file
+for that many bytes.  ``StreamCheck`` walks the opcodes once, without building anything, and
+refuses such streams with a ``LimitError`` naming the byte offset, before a single object is
+made.  It also finds where the pickle ends (so a file can be read one pickle at a time), its
+protocol, and whether it names any global (a stream that names none cannot call anything, so
+it may go straight to the C engine without the policy hook).
+
+``mason._limits`` is the compiled twin of this module's ``StreamCheck``, and is used when it
+was built; the tests run both on the same inputs and require identical results.  Both read
+their knowledge of the opcodes from ``mason.format.opcodes``.
+
+What the check bounds:
+
+* every declared length (bytes, strings, big ints, frames) against the bytes really present;
+* memo indexes written by PUT / BINPUT / LONG_BINPUT against ``max_memo_index`` (by default
+  the larger of 1 Mi and the stream's own size, so an honest pickle never trips it);
+* nesting depth, as the stream builds it, against ``max_depth``.
+
+Where a stream is malformed in a way the C engine itself rejects (an unknown opcode, a negative
+length, an unreadable memo index), the check stops there and lets the engine raise its error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import LimitError
+from .format.opcodes import OPCODES, Arg, Role
+
+__all__ = ["Limits", "StreamCheck", "NEED_LINE", "DEFAULT_LIMITS"]
+
+# Returned as ``need`` when the stream stops in the middle of a newline-terminated argument.
+NEED_LINE = -1
+
+_MEMO_INDEX_FLOOR = 1 << 20
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits applied to every load.  Raise them for unusual honest data.
+
+    ``max_depth``: deepest nesting of containers and objects the stream may build.  Pickle's
+    own dumper stops near the interpreter's recursion limit, far below the default.
+    ``max_memo_index``: largest memo index a stream may write; ``None`` means the larger of
+    1 Mi and the size of the input, which no honest pickler exceeds.
+    """
+
+    max_depth: int = 10_000
+    max_memo_index: int | None = None
+
+    def memo_bound(self, stream_size: int) -> int:
+        if self.max_memo_index is not None:
+            return self.max_memo_index
+        return max(_MEMO_INDEX_FLOOR, stream_size)
+
+
+DEFAULT_LIMITS = Limits()
+
+_ARG_SIZE = {Arg.FIXED1: 1, Arg.FIXED2: 2, Arg.FIXED4: 4, Arg.FIXED8: 8,
+             Arg.LEN1: 1, Arg.LEN4: 4, Arg.LEN4_SIGNED: 4, Arg.LEN8: 8}
+_TABLE = [None] * 256
+for _op in OPCODES:
+    _TABLE[_op.code] = _op
+
+
+class _Stop(Exception):
+    """The stream is malformed here in a way the C engine rejects by itself."""
+
+
+class StreamCheck:
+    """Checks one pickle stream against ``Limits``, fed incrementally.
+
+    ``feed(buf, pos)`` checks complete opcodes of ``buf`` from ``pos`` on and returns
+    ``(done, pos, need)``:
+
+    * ``done`` true: the check is over and ``pos`` is where the engine's input must end: just
+      past STOP, or just past a malformed opcode that the engine rejects by itself (then
+      ``stopped_at`` is its offset).  Ending the input there means the engine never reads an
+      opcode the check has not seen, whatever it makes of the malformed one.
+    * ``done`` false: ``buf`` ends inside the opcode at ``pos``; ``need`` is how many more bytes
+      it needs at least, or ``NEED_LINE`` for the end of a line.  Call again with a longer
+      ``buf`` (same start) and the returned ``pos``.
+
+    After ``done``: ``proto`` is the protocol the stream declared (0 if none) and ``imports``
+    tells whether it names a global, an extension code or a persistent id.
+    """
+
+    def __init__(self, max_depth: int, max_memo_index: int):
+        self.max_depth = max_depth
+        self.max_memo_index = max_memo_index
+        self.proto = 0
+        self.imports = False
+        self.stopped_at: int | None = None
+        self._stack: list[int] = []   # the nesting depth of each object on the stack
+        self._marks: list[int] = []   # stack heights at each MARK
+        self._memo: dict[int, int] = {}  # memo index -> depth of the object stored there
+
+    def feed(self, buf, pos: int = 0) -> tuple[bool, int, int]:
+        view = memoryview(buf).cast("B") if not isinstance(buf, bytes) else buf
+        end = len(view)
+        stack, marks, memo = self._stack, self._marks, self._memo
+        while True:
+            if pos >= end:
+                return False, pos, 1
+            op = _TABLE[view[pos]]
+            start = pos
+            if op is None:
+                self.stopped_at = start
+                return True, pos + 1, 0
+            pos += 1
+            arg = op.arg
+            value = 0
+            if arg is Arg.NONE:
+                pass
+            elif arg <= Arg.FIXED8:
+                size = _ARG_SIZE[arg]
+                if end - pos < size:
+                    return False, start, size - (end - pos)
+                value = int.from_bytes(view[pos:pos + size], "little")
+                pos += size
+            elif arg <= Arg.LEN8:
+                size = _ARG_SIZE[arg]
+                if end - pos < size:
+                    return False, start, size - (end - pos)
+                length = int.from_bytes(view[pos:pos + size], "little",
+                                        signed=arg is Arg.LEN4_SIGNED)
+                pos += size
+                if length < 0:
+                    self.stopped_at = start
+                    return True, pos, 0
+                if end - pos < length:
+                    return False, start, length - (end - pos)
+                pos += length
+            else:
+                lines = 2 if arg is Arg.LINE2 else 1
+                line_start = pos
+                for _ in range(lines):
+                    nl = _find_newline(view, pos, end)
+                    if nl < 0:
+                        return False, start, NEED_LINE
+                    pos = nl + 1
+                if op.role is Role.PUT or op.role is Role.GET:
+                    # The engine parses the line as a C string, so it ends at a NUL byte.
+                    text = bytes(view[line_start:pos]).split(b"\0", 1)[0]
+                    try:
+                        value = int(text)
+                    except ValueError:
+                        value = -1
+                    if value < 0:
+                        self.stopped_at = start
+                        return True, pos, 0
+            try:
+                self._apply(op, value, start, stack, marks, memo)
+            except _Stop:
+                self.stopped_at = start
+                return True, pos, 0
+            if op.role is Role.STOP:
+                return True, pos, 0
+
+    def _apply(self, op, value, offset, stack, marks, memo):
+        # Mirrors the C engine's stack discipline closely enough that every stream it accepts
+        # is tracked exactly; where the engine would fail (underflow, missing mark) we stop.
+        role = op.role
+        if op.imports or op.persistent:
+            self.imports = True
+        fence = marks[-1] if marks else 0
+        if role is Role.PUSH:
+            stack.append(1)
+        elif role is Role.BUILD or role is Role.EXTEND:
+            if op.mark:
+                if not marks:
+                    raise _Stop
+                height = marks.pop()
+                operands = stack[height:]
+                del stack[height:]
+                if role is Role.EXTEND:
+                    # APPENDS, SETITEMS, ADDITEMS: the receiver sits just below the mark
+                    if height <= (marks[-1] if marks else 0):
+                        raise _Stop
+                    target = stack.pop()
+                else:
+                    if len(operands) < op.pops:
+                        raise _Stop
+                    target = 0
+            else:
+                if len(stack) - op.pops < fence:
+                    raise _Stop
+                operands = stack[len(stack) - op.pops:]
+                del stack[len(stack) - op.pops:]
+                if role is Role.EXTEND:
+                    # APPEND, SETITEM, BUILD: the first operand receives the others
+                    target, operands = operands[0], operands[1:]
+                else:
+                    target = 0
+            depth = max(target, 1 + max(operands, default=0))
+            if depth > self.max_depth:
+                raise LimitError(
+                    f"the pickle nests deeper than max_depth={self.max_depth} "
+                    f"({op.name} at byte {offset}); if this data is honest, load it with "
+                    f"limits=mason.Limits(max_depth=...)", offset)
+            stack.append(depth)
+        elif role is Role.POP:
+            if marks and marks[-1] == len(stack):
+                marks.pop()  # POP right after MARK discards the mark, as the engine does
+            elif len(stack) <= fence:
+                raise _Stop
+            else:
+                stack.pop()
+        elif role is Role.DUP or role is Role.PUT or role is Role.MEMOIZE:
+            if len(stack) <= fence:
+                raise _Stop
+            if role is Role.DUP:
+                stack.append(stack[-1])
+            elif role is Role.MEMOIZE:
+                memo[len(memo)] = stack[-1]
+            else:
+                if value > self.max_memo_index:
+                    raise LimitError(
+                        f"memo index {value} at byte {offset} ({op.name}) exceeds "
+                        f"max_memo_index={self.max_memo_index}; an honest pickle numbers its "
+                        f"memo from 0, so this stream is corrupt or hostile (raise the limit "
+                        f"with limits=mason.Limits(max_memo_index=...) only if you are sure)",
+                        offset)
+                memo[value] = stack[-1]
+        elif role is Role.MARK:
+            marks.append(len(stack))
+        elif role is Role.POP_MARK:
+            if not marks:
+                raise _Stop
+            del stack[marks.pop():]
+        elif role is Role.GET:
+            # An index we have not seen may come from an earlier load of the same Unpickler
+            # (whose memo persists) or from a memo the caller set: count it as a leaf.
+            stack.append(memo.get(value, 1))
+        elif role is Role.PROTO:
+            self.proto = value
+        elif role is Role.STOP:
+            if len(stack) <= fence:
+                raise _Stop
+        # FRAME only groups opcodes: it changes nothing the check tracks.
+
+
+def _find_newline(view, pos: int, end: int) -> int:
+    if isinstance(view, bytes):
+        return view.find(b"\n", pos, end)
+    for i in range(pos, end):
+        if view[i] == 10:
+            return i
+    return -1

@@ -1,0 +1,359 @@
+"""Unpickler, loads and load: pickle's loader, safe by default.
+
+The C engine behind ``pickle.Unpickler`` does the loading; mason adds, in this order:
+
+1. the limits check (``mason.limits``): one pass over the opcodes of the next pickle, before
+   the engine sees a byte of it, refusing resource bombs and finding where the pickle ends;
+2. for each global the stream names, in ``find_class``: ``renames``, then Python 2 name
+   fixing (protocols 0-2, as pickle does), then the policy, which imports only what it allows;
+3. error translation: whatever the engine raises on a bad stream becomes a mason error that
+   says where; a refused global becomes one ``UnsafeGlobalError`` listing every refused
+   global of the stream, with the ``allow=`` argument that would admit them.
+
+A stream that names no global cannot call anything, so ``loads`` hands it to the C function
+``_pickle.loads`` directly: on plain data, safe loading costs only the limits check.
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import _pickle
+import io
+import struct
+import sys
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .errors import (LimitError, MalformedPickleError, MasonError, TruncatedPickleError,
+                     UnsafeGlobalError)
+from .limits import NEED_LINE, Limits
+from .policy import Policy
+
+try:
+    from ._limits import StreamCheck
+except ImportError:  # the compiled check was not built: the reference one gives the same results
+    from .limits import StreamCheck
+
+__all__ = ["Unpickler", "loads", "load"]
+
+_CHUNK = 1 << 16
+# Errors the C engine raises on a malformed stream (rather than from code the stream calls).
+_ENGINE_ERRORS = (_pickle.UnpicklingError, ValueError, struct.error, IndexError, KeyError,
+                  OverflowError, UnicodeDecodeError)
+
+
+def _make_policy(allow, policy, trusted, limits) -> tuple[Policy | None, Limits]:
+    if trusted:
+        if allow or policy is not None:
+            raise ValueError("trusted=True allows everything: drop allow= / policy=")
+        return None, limits or Limits()
+    if policy is None:
+        policy = Policy.default()
+    elif not isinstance(policy, Policy):
+        raise TypeError(f"policy must be a mason.Policy, not {type(policy).__name__}")
+    if allow:
+        policy = policy | Policy(allow)
+    return policy, limits or policy.limits
+
+
+def _split_renames(renames: Mapping[str, str] | None) -> dict[str, str]:
+    return dict(renames) if renames else {}
+
+
+class _Source:
+    """The file the C engine reads from: one checked pickle at a time, from memory.
+
+    It offers ``peek``, so the engine takes the whole checked pickle in one call and reads it
+    in place; ``read`` then only tells it that the bytes were consumed.
+    """
+
+    __slots__ = ("data", "pos")
+
+    def __init__(self):
+        self.data = b""
+        self.pos = 0
+
+    def set(self, data) -> None:
+        self.data = data
+        self.pos = 0
+
+    def peek(self, n=0):
+        return self.data[self.pos:]
+
+    def read(self, n=-1):
+        start = self.pos
+        end = len(self.data) if n is None or n < 0 else min(len(self.data), start + n)
+        self.pos = end
+        return bytes(self.data[start:end])
+
+    def readinto(self, buf):
+        chunk = self.read(len(buf))
+        buf[:len(chunk)] = chunk
+        return len(chunk)
+
+    def readline(self):
+        data = self.data
+        if isinstance(data, (bytes, bytearray)):
+            nl = data.find(b"\n", self.pos)
+        else:
+            nl = bytes(data[self.pos:]).find(b"\n")
+            nl = -1 if nl < 0 else self.pos + nl
+        return self.read(-1 if nl < 0 else nl + 1 - self.pos)
+
+
+def _truncated(check_pos: int, data_len: int, need: int) -> TruncatedPickleError:
+    if data_len == 0:
+        return TruncatedPickleError("Ran out of input", 0)
+    what = "the end of a line" if need == NEED_LINE else f"{need} more bytes"
+    return TruncatedPickleError(
+        f"pickle data was truncated: the opcode at byte {check_pos} needs {what}, "
+        f"but the input ends at byte {data_len}", check_pos)
+
+
+def _check_bytes(data, limits: Limits, memo_extra: int = 0):
+    """Check one pickle held in memory; return (check, end)."""
+    check = StreamCheck(limits.max_depth, limits.memo_bound(len(data) + memo_extra))
+    done, pos, need = check.feed(data, 0)
+    if not done:
+        raise _truncated(pos, len(data), need)
+    return check, pos
+
+
+def _read_pickle(file, limits: Limits, memo_extra: int):
+    """Read exactly one pickle from ``file`` and check it; return (data, check).
+
+    Never reads past the pickle's STOP (the next pickle in the file stays for the next
+    load), and never asks the file for more than it really holds: a declared length of
+    2**60 is read in chunks and ends at the true end of file.
+    """
+    peek = getattr(file, "peek", None)
+    seekable = False
+    if peek is None:
+        try:
+            seekable = file.seekable()
+        except (AttributeError, OSError, ValueError):
+            seekable = False
+    if seekable:
+        start = file.tell()
+    data = bytearray()
+    check = None
+    peeked = False
+    pos, need = 0, 1
+    while True:
+        if need > _CHUNK and not seekable:
+            # The pickle needs at least this many more bytes: take them in one read, capped
+            # by what has been read so far so that a lying length costs no more than the file.
+            chunk = file.read(min(need, max(_CHUNK, len(data))))
+            peeked = False
+        elif peek is not None:
+            chunk = peek(max(need, 1))
+            peeked = True
+        elif seekable:
+            chunk = file.read(max(_CHUNK, len(data)))
+        elif need == NEED_LINE:
+            chunk = file.readline()
+        else:
+            chunk = file.read(min(max(need, 1), _CHUNK))
+        if not chunk:
+            raise _truncated(pos, len(data), need)
+        before = len(data)
+        data += chunk
+        if check is None:
+            check = StreamCheck(limits.max_depth, limits.memo_bound(memo_extra))
+        # The memo bound grows with the input actually read, as in _check_bytes.
+        check.max_memo_index = limits.memo_bound(len(data) + memo_extra)
+        done, pos, need = check.feed(data, pos)
+        if done:
+            del data[pos:]
+            if peek is not None and peeked:
+                file.read(pos - before)
+            elif seekable:
+                file.seek(start + pos)
+            return data, check
+        if peek is not None and peeked:
+            file.read(len(chunk))
+
+
+class Unpickler(_pickle.Unpickler):
+    """pickle.Unpickler that loads only what its policy allows.
+
+    Same arguments as ``pickle.Unpickler``, plus:
+
+    * ``allow``: names to allow on top of the policy (``"pkg.mod.Class"``, ``"pkg.sub.*"``);
+    * ``policy``: a ``mason.Policy`` to use instead of the default (plain data only);
+    * ``trusted``: ``True`` loads anything, exactly as pickle does — only for trusted data;
+    * ``renames``: ``{"old.mod.Class": "new.mod.Class", "old.mod": "new.mod"}``, applied to
+      every global before anything else, so pickles survive refactors;
+    * ``limits``: a ``mason.Limits`` to raise resource limits for unusual honest data.
+
+    Subclasses may override ``find_class`` as with pickle; calling ``super().find_class``
+    keeps renames and the policy in force.
+    """
+
+    def __init__(self, file, *, fix_imports: bool = True, encoding: str = "ASCII",
+                 errors: str = "strict", buffers: Iterable[Any] | None = None,
+                 allow: Iterable[str] | None = None, policy: Policy | None = None,
+                 trusted: bool = False, renames: Mapping[str, str] | None = None,
+                 limits: Limits | None = None):
+        self._source = _Source()
+        super().__init__(self._source, fix_imports=fix_imports, encoding=encoding,
+                         errors=errors, buffers=buffers)
+        if not (hasattr(file, "read") and hasattr(file, "readline")):
+            raise TypeError("file must have 'read' and 'readline' attributes")
+        self._file = file
+        self._fix_imports = fix_imports
+        self._policy, self._limits = _make_policy(allow, policy, trusted, limits)
+        self._renames = _split_renames(renames)
+        self._proto = 0
+        self._consumed = 0
+
+    def load(self):
+        """Read one pickle from the file and return the object it holds."""
+        data, check = _read_pickle(self._file, self._limits, self._consumed)
+        return self._load_checked(data, check)
+
+    def _load_checked(self, data, check):
+        self._proto = check.proto
+        self._consumed += len(data)
+        self._source.set(data)
+        try:
+            return super().load()
+        except UnsafeGlobalError as exc:
+            raise _all_refused(exc, data, self) from None
+        except MasonError:
+            raise
+        except _ENGINE_ERRORS as exc:
+            raise _malformed(exc, check) from exc
+        except EOFError as exc:
+            raise TruncatedPickleError(str(exc) or "pickle data was truncated") from exc
+        except MemoryError as exc:
+            raise LimitError("the pickle needs more memory than is available") from exc
+        finally:
+            self._source.set(b"")
+
+    def find_class(self, module: str, name: str) -> Any:
+        # The order is fixed: renames, then Python 2 names, then policy, then import.
+        if self._renames:
+            module, name = _rename(self._renames, module, name)
+        if self._policy is None:
+            return super().find_class(module, name)
+        if self._proto < 3 and self._fix_imports:
+            module, name = _fix_python2_name(module, name)
+        sys.audit("pickle.find_class", module, name)
+        return self._policy.resolve(module, name)
+
+    def _refused_names(self, data) -> list[tuple[str, int | None]]:
+        """Every global of ``data`` this unpickler's policy refuses, with its offset."""
+        from .format.machine import find_globals
+
+        refused, seen = [], set()
+        for ref in find_globals(data):
+            module, name = ref.module, ref.name
+            if self._renames:
+                module, name = _rename(self._renames, module, name)
+            if self._proto < 3 and self._fix_imports:
+                module, name = _fix_python2_name(module, name)
+            dotted = f"{module}.{name}"
+            if dotted in seen:
+                continue
+            seen.add(dotted)
+            try:
+                self._policy.resolve(module, name)
+            except UnsafeGlobalError:
+                refused.append((dotted, ref.offset))
+            except Exception:
+                pass  # unimportable: the engine reports it when it gets there
+        return refused
+
+
+def _rename(renames: dict[str, str], module: str, name: str) -> tuple[str, str]:
+    new = renames.get(f"{module}.{name}")
+    if new is not None:
+        module, _, name = new.rpartition(".")
+        return module, name
+    new_module = renames.get(module)
+    if new_module is not None:
+        return new_module, name
+    return module, name
+
+
+def _fix_python2_name(module: str, name: str) -> tuple[str, str]:
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        return _compat_pickle.NAME_MAPPING[(module, name)]
+    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
+
+
+def _malformed(exc: BaseException, check) -> MalformedPickleError:
+    where = f" (at the opcode at byte {check.stopped_at})" if check.stopped_at is not None else ""
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, EOFError) or "truncated" in message:
+        return TruncatedPickleError(f"{message}{where}", check.stopped_at)
+    return MalformedPickleError(f"{message}{where}", check.stopped_at)
+
+
+def _all_refused(first: UnsafeGlobalError, data, unpickler: Unpickler) -> UnsafeGlobalError:
+    """Turn the engine's first refusal into one error that lists every refused global."""
+    try:
+        refused = unpickler._refused_names(data)
+    except ImportError:
+        refused = []
+    if not refused:
+        refused = first.refused
+    lines = []
+    for dotted, offset in refused:
+        where = f"at byte {offset}" if offset is not None else "in the stream"
+        lines.append(f"  {dotted}  ({where})")
+    names = [dotted for dotted, _ in refused]
+    detail = str(first) if len(refused) == 1 and "not allowed" not in str(first) else ""
+    message = (
+        f"the pickle names {len(names)} global{'s' if len(names) != 1 else ''} that the "
+        f"policy does not allow:\n" + "\n".join(lines) +
+        (f"\n{detail}" if detail else "") +
+        f"\nLoading them runs their code. If you trust where this data comes from, allow "
+        f"exactly these with:\n  allow={names!r}\nor load with trusted=True.")
+    return UnsafeGlobalError(message, refused)
+
+
+def loads(data, /, *, fix_imports: bool = True, encoding: str = "ASCII",
+          errors: str = "strict", buffers: Iterable[Any] | None = None,
+          allow: Iterable[str] | None = None, policy: Policy | None = None,
+          trusted: bool = False, renames: Mapping[str, str] | None = None,
+          limits: Limits | None = None) -> Any:
+    """Load an object from pickle bytes, calling only what the policy allows.
+
+    Arguments as for ``pickle.loads``, plus ``allow``, ``policy``, ``trusted``, ``renames``
+    and ``limits`` as for ``Unpickler``.
+    """
+    if isinstance(data, str):
+        raise TypeError("a bytes-like object is required, not 'str'")
+    policy_, limits_ = _make_policy(allow, policy, trusted, limits)
+    check, end = _check_bytes(data, limits_)
+    if end != len(data):
+        data = memoryview(data)[:end]
+    if not check.imports:
+        # No global, extension or persistent id: nothing in the stream can be called.
+        try:
+            return _pickle.loads(data, fix_imports=fix_imports, encoding=encoding,
+                                 errors=errors, buffers=buffers)
+        except _ENGINE_ERRORS as exc:
+            raise _malformed(exc, check) from exc
+        except EOFError as exc:
+            raise TruncatedPickleError(str(exc)) from exc
+    unpickler = Unpickler(io.BytesIO(), fix_imports=fix_imports, encoding=encoding,
+                          errors=errors, buffers=buffers, allow=allow, policy=policy,
+                          trusted=trusted, renames=renames, limits=limits)
+    return unpickler._load_checked(data, check)
+
+
+def load(file, /, *, fix_imports: bool = True, encoding: str = "ASCII",
+         errors: str = "strict", buffers: Iterable[Any] | None = None,
+         allow: Iterable[str] | None = None, policy: Policy | None = None,
+         trusted: bool = False, renames: Mapping[str, str] | None = None,
+         limits: Limits | None = None) -> Any:
+    """Load one object from a binary file, calling only what the policy allows.
+
+    Reads exactly one pickle and leaves the file just after it, as ``pickle.load`` does.
+    """
+    return Unpickler(file, fix_imports=fix_imports, encoding=encoding, errors=errors,
+                     buffers=buffers, allow=allow, policy=policy, trusted=trusted,
+                     renames=renames, limits=limits).load()

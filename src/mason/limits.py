@@ -15,8 +15,9 @@ their knowledge of the opcodes from ``mason.format.opcodes``.
 What the check bounds:
 
 * every declared length (bytes, strings, big ints, frames) against the bytes really present;
-* memo indexes written by PUT / BINPUT / LONG_BINPUT against ``max_memo_index`` (by default
-  the larger of 1 Mi and the stream's own size, so an honest pickle never trips it);
+* memo indexes written by PUT / BINPUT / LONG_BINPUT: an honest pickler numbers its memo
+  0, 1, 2, ..., so an index may run at most ``memo_slack`` beyond the number of memo entries
+  the stream has written so far (the engine allocates 16 bytes per index up to the largest);
 * nesting depth, as the stream builds it, against ``max_depth``.
 
 Where a stream is malformed in a way the C engine itself rejects (an unknown opcode, a negative
@@ -35,26 +36,20 @@ __all__ = ["Limits", "StreamCheck", "NEED_LINE", "DEFAULT_LIMITS"]
 # Returned as ``need`` when the stream stops in the middle of a newline-terminated argument.
 NEED_LINE = -1
 
-_MEMO_INDEX_FLOOR = 1 << 20
-
-
 @dataclass(frozen=True)
 class Limits:
     """Resource limits applied to every load.  Raise them for unusual honest data.
 
     ``max_depth``: deepest nesting of containers and objects the stream may build.  Pickle's
     own dumper stops near the interpreter's recursion limit, far below the default.
-    ``max_memo_index``: largest memo index a stream may write; ``None`` means the larger of
-    1 Mi and the size of the input, which no honest pickler exceeds.
+    ``memo_slack``: how far a memo index may run beyond the number of memo entries written
+    so far.  Honest pickles number their memo densely; the slack leaves room for a memo
+    carried over from an earlier pickle (``Pickler.memo``), and bounds the engine's memo
+    allocation at 16 bytes times (slack + entries).
     """
 
     max_depth: int = 10_000
-    max_memo_index: int | None = None
-
-    def memo_bound(self, stream_size: int) -> int:
-        if self.max_memo_index is not None:
-            return self.max_memo_index
-        return max(_MEMO_INDEX_FLOOR, stream_size)
+    memo_slack: int = 1 << 20
 
 
 DEFAULT_LIMITS = Limits()
@@ -88,9 +83,10 @@ class StreamCheck:
     tells whether it names a global, an extension code or a persistent id.
     """
 
-    def __init__(self, max_depth: int, max_memo_index: int):
+    def __init__(self, max_depth: int, memo_slack: int):
         self.max_depth = max_depth
-        self.max_memo_index = max_memo_index
+        self.memo_slack = memo_slack
+        self.memo_writes = 0
         self.proto = 0
         self.imports = False
         self.stopped_at: int | None = None
@@ -216,15 +212,17 @@ class StreamCheck:
                 stack.append(stack[-1])
             elif role is Role.MEMOIZE:
                 memo[len(memo)] = stack[-1]
+                self.memo_writes += 1
             else:
-                if value > self.max_memo_index:
+                if value > self.memo_slack + self.memo_writes:
                     raise LimitError(
-                        f"memo index {value} at byte {offset} ({op.name}) exceeds "
-                        f"max_memo_index={self.max_memo_index}; an honest pickle numbers its "
-                        f"memo from 0, so this stream is corrupt or hostile (raise the limit "
-                        f"with limits=mason.Limits(max_memo_index=...) only if you are sure)",
+                        f"memo index {value} at byte {offset} ({op.name}) is far beyond the "
+                        f"{self.memo_writes} memo entries written so far: an honest pickle "
+                        f"numbers its memo 0, 1, 2, ..., so this stream is corrupt or hostile "
+                        f"(raise limits=mason.Limits(memo_slack=...) only if you are sure)",
                         offset)
                 memo[value] = stack[-1]
+                self.memo_writes += 1
         elif role is Role.MARK:
             marks.append(len(stack))
         elif role is Role.POP_MARK:

@@ -112,7 +112,7 @@ def _truncated(check_pos: int, data_len: int, need: int) -> TruncatedPickleError
 
 def _check_bytes(data, limits: Limits, memo_extra: int = 0):
     """Check one pickle held in memory; return (check, end)."""
-    check = StreamCheck(limits.max_depth, limits.memo_bound(len(data) + memo_extra))
+    check = StreamCheck(limits.max_depth, limits.memo_slack + memo_extra)
     done, pos, need = check.feed(data, 0)
     if not done:
         raise _truncated(pos, len(data), need)
@@ -159,9 +159,7 @@ def _read_pickle(file, limits: Limits, memo_extra: int):
         before = len(data)
         data += chunk
         if check is None:
-            check = StreamCheck(limits.max_depth, limits.memo_bound(memo_extra))
-        # The memo bound grows with the input actually read, as in _check_bytes.
-        check.max_memo_index = limits.memo_bound(len(data) + memo_extra)
+            check = StreamCheck(limits.max_depth, limits.memo_slack + memo_extra)
         done, pos, need = check.feed(data, pos)
         if done:
             del data[pos:]
@@ -205,16 +203,16 @@ class Unpickler(_pickle.Unpickler):
         self._policy, self._limits = _make_policy(allow, policy, trusted, limits)
         self._renames = _split_renames(renames)
         self._proto = 0
-        self._consumed = 0
+        self._memo_entries = 0  # memo entries written by earlier loads: the memo persists
 
     def load(self):
         """Read one pickle from the file and return the object it holds."""
-        data, check = _read_pickle(self._file, self._limits, self._consumed)
+        data, check = _read_pickle(self._file, self._limits, self._memo_entries)
         return self._load_checked(data, check)
 
     def _load_checked(self, data, check):
         self._proto = check.proto
-        self._consumed += len(data)
+        self._memo_entries += check.memo_writes
         self._source.set(data)
         try:
             return super().load()

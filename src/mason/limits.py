@@ -26,6 +26,7 @@ length, an unreadable memo index), the check stops there and lets the engine rai
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .errors import LimitError
@@ -139,12 +140,7 @@ class StreamCheck:
                         return False, start, NEED_LINE
                     pos = nl + 1
                 if op.role is Role.PUT or op.role is Role.GET:
-                    # The engine parses the line as a C string, so it ends at a NUL byte.
-                    text = bytes(view[line_start:pos]).split(b"\0", 1)[0]
-                    try:
-                        value = int(text)
-                    except ValueError:
-                        value = -1
+                    value = _parse_index(bytes(view[line_start:pos]))
                     if value < 0:
                         self.stopped_at = start
                         return True, pos, 0
@@ -239,6 +235,23 @@ class StreamCheck:
             if len(stack) <= fence:
                 raise _Stop
         # FRAME only groups opcodes: it changes nothing the check tracks.
+
+
+_INDEX_LINE = re.compile(rb"[ \t\n\r\f\v]*([+-]?)(\d+(?:_\d+)*)[ \t\n\r\f\v]*")
+_INT64_MAX = (1 << 63) - 1
+
+
+def _parse_index(line: bytes) -> int:
+    """A PUT / GET index as the engine reads it (int() syntax, up to the first NUL byte, as
+    the engine parses a C string), saturated at 2**63 - 1; -1 if malformed or negative."""
+    match = _INDEX_LINE.fullmatch(line.split(b"\0", 1)[0])
+    if match is None:
+        return -1
+    digits = match.group(2).replace(b"_", b"").lstrip(b"0") or b"0"
+    value = _INT64_MAX if len(digits) > 19 else min(int(digits), _INT64_MAX)
+    if match.group(1) == b"-" and value != 0:
+        return -1
+    return value
 
 
 def _find_newline(view, pos: int, end: int) -> int:

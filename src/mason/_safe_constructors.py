@@ -68,13 +68,54 @@ def enum_member(cls, name):
     """builtins.getattr, as enums pickle themselves: ``getattr(EnumClass, 'MEMBER')``.
 
     getattr is the classic gadget (``getattr(os, 'system')``), so only a member name of an
-    allowed Enum class is looked up.
+    allowed Enum class is looked up.  A policy binds this stand-in (``bind``) to also admit
+    the way pickle writes methods: see ``class_attribute``.
     """
     if isinstance(cls, type) and issubclass(cls, enum.Enum) and isinstance(name, str) \
             and name in cls.__members__:
         return cls.__members__[name]
     _refuse(f"builtins.getattr called with {cls!r}, {name!r}: only enum members are looked "
             "up this way by the default policy")
+
+
+def _bind_getattr(policy):
+    """The getattr stand-in for ``policy``: enum members, and class attributes by name."""
+
+    def class_attribute(obj, name):
+        """builtins.getattr, as pickle writes a class's methods: ``getattr(Class, 'method')``
+        (a classmethod or a bound method pickles this way in every protocol).
+
+        It is looked up exactly as if the stream had named the global
+        ``Class.__module__ + '.' + Class.__qualname__ + '.' + name``: the policy must allow
+        that name (``allow=["pkg.mod.Class.method"]`` or a wildcard over ``pkg.mod``), with
+        the same refusal of dunder walks.  So getattr gives a stream no name it could not
+        have written as a GLOBAL.
+        """
+        if isinstance(obj, type) and issubclass(obj, enum.Enum) and isinstance(name, str) \
+                and name in obj.__members__:
+            return obj.__members__[name]
+        module = getattr(obj, "__module__", None)
+        qualname = getattr(obj, "__qualname__", None)
+        if isinstance(obj, type) and isinstance(name, str) and name \
+                and isinstance(module, str) and isinstance(qualname, str):
+            dotted = f"{module}.{qualname}.{name}"
+            try:
+                return policy.resolve(module, f"{qualname}.{name}")
+            except UnsafeGlobalError as exc:
+                raise UnsafeGlobalError(
+                    f"builtins.getattr({qualname}, {name!r}) in the stream looks up the global "
+                    f"{dotted}: {exc}", [(dotted, None)]) from None
+            except AttributeError:
+                pass  # the class is not reachable by its name: nothing to look up safely
+        _refuse(f"builtins.getattr called with {obj!r}, {name!r}: only enum members, and "
+                "class attributes whose dotted name the policy allows, are looked up this "
+                "way by the default policy")
+
+    class_attribute.__name__ = class_attribute.__qualname__ = "getattr"
+    return class_attribute
+
+
+enum_member.bind = _bind_getattr
 
 
 def type_of(obj):

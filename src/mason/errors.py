@@ -5,7 +5,7 @@
     └── UnpicklingError      (also pickle.UnpicklingError)
         ├── UnsafeGlobalError     the stream names globals the policy does not allow
         ├── LimitError            the stream exceeds a resource limit (a bomb, or a knob to raise)
-        └── MalformedPickleError  the bytes are not a valid pickle
+        └── MalformedPickleError  (also ValueError) the bytes are not a valid pickle
             └── TruncatedPickleError  (also EOFError) the stream ends early
 
 Code that catches pickle's exceptions keeps working: every load error is a
@@ -55,8 +55,13 @@ class LimitError(UnpicklingError):
         self.offset = offset
 
 
-class MalformedPickleError(UnpicklingError):
-    """The bytes are not a valid pickle (bad opcode, bad argument, broken stack)."""
+class MalformedPickleError(UnpicklingError, ValueError):
+    """The bytes are not a valid pickle (bad opcode, bad argument, broken stack).
+
+    Also a ``ValueError``: pickle raises ValueError for a bad literal (``I12JUNK``), a badly
+    escaped string, a negative memo index or an unknown protocol, and code that catches it
+    there must keep catching it when mason reports the same stream.
+    """
 
     def __init__(self, message: str, offset: int | None = None):
         super().__init__(message)

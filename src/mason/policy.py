@@ -147,7 +147,9 @@ class Policy:
         dotted = f"{module}.{qualname}"
         substitute = self._substitutes.get(dotted)
         if substitute is not None:
-            return substitute
+            # A stand-in that must consult the policy (getattr) is bound to it here.
+            bind = getattr(substitute, "bind", None)
+            return substitute if bind is None else bind(self)
         exact = dotted in self._names
         if not exact and not self._allows_module(module):
             raise UnsafeGlobalError(f"global {dotted} is not allowed", [(dotted, None)])

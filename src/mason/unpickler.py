@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .errors import (LimitError, MalformedPickleError, MasonError, TruncatedPickleError,
-                     UnsafeGlobalError)
+                     UnpicklingError, UnsafeGlobalError)
 from .limits import NEED_LINE, Limits
 from .policy import Policy
 
@@ -128,13 +128,9 @@ def _read_pickle(file, limits: Limits, memo_extra: int):
     """
     peek = getattr(file, "peek", None)
     seekable = False
+    start = 0
     if peek is None:
-        try:
-            seekable = file.seekable()
-        except (AttributeError, OSError, ValueError):
-            seekable = False
-    if seekable:
-        start = file.tell()
+        seekable, start = _seek_start(file, 0)
     data = bytearray()
     check = None
     peeked = False
@@ -146,7 +142,14 @@ def _read_pickle(file, limits: Limits, memo_extra: int):
             chunk = file.read(min(need, max(_CHUNK, len(data))))
             peeked = False
         elif peek is not None:
-            chunk = peek(max(need, 1))
+            try:
+                chunk = peek(max(need, 1))
+            except NotImplementedError:
+                # As CPython's unpickler does: a file whose peek() is not implemented is
+                # read without it (test.pickletester's UnseekableIO is such a file).
+                peek = None
+                seekable, start = _seek_start(file, len(data))
+                continue
             peeked = True
         elif seekable:
             chunk = file.read(max(_CHUNK, len(data)))
@@ -170,6 +173,16 @@ def _read_pickle(file, limits: Limits, memo_extra: int):
             return data, check
         if peek is not None and peeked:
             file.read(len(chunk))
+
+
+def _seek_start(file, already_read: int) -> tuple[bool, int]:
+    """Whether ``file`` can seek, and where the pickle being read starts in it."""
+    try:
+        if file.seekable():
+            return True, file.tell() - already_read
+    except (AttributeError, OSError, ValueError):
+        pass
+    return False, 0
 
 
 class Unpickler(_pickle.Unpickler):
@@ -196,7 +209,13 @@ class Unpickler(_pickle.Unpickler):
         self._source = _Source()
         super().__init__(self._source, fix_imports=fix_imports, encoding=encoding,
                          errors=errors, buffers=buffers)
-        if not (hasattr(file, "read") and hasattr(file, "readline")):
+        # Look the file's methods up in the order CPython's unpickler does, so that an error
+        # raised by a broken attribute surfaces as it would with pickle (bpo-38384).
+        getattr(file, "peek", None)
+        getattr(file, "readinto", None)
+        read = getattr(file, "read", None)
+        readline = getattr(file, "readline", None)
+        if read is None or readline is None:
             raise TypeError("file must have 'read' and 'readline' attributes")
         self._file = file
         self._fix_imports = fix_imports
@@ -207,7 +226,13 @@ class Unpickler(_pickle.Unpickler):
 
     def load(self):
         """Read one pickle from the file and return the object it holds."""
-        data, check = _read_pickle(self._file, self._limits, self._memo_entries)
+        try:
+            file = self._file
+        except AttributeError:
+            # A subclass whose __init__ does not call ours: pickle raises this error too.
+            raise UnpicklingError(f"Unpickler.__init__() was not called by "
+                                  f"{type(self).__name__}.__init__()") from None
+        data, check = _read_pickle(file, self._limits, self._memo_entries)
         return self._load_checked(data, check)
 
     def _load_checked(self, data, check):
@@ -293,16 +318,27 @@ def _all_refused(first: UnsafeGlobalError, data, unpickler: Unpickler) -> Unsafe
     """Turn the engine's first refusal into one error that lists every refused global."""
     try:
         refused = unpickler._refused_names(data)
-    except ImportError:
+    except ImportError:  # mason.format.machine is not there: report the first refusal only
         refused = []
+    # The first refusal may name a global that no opcode names (a getattr stand-in resolving
+    # "Class.method"): keep it in the list.
+    listed = {dotted for dotted, _ in refused}
+    refused = refused + [entry for entry in first.refused if entry[0] not in listed]
+    detail = str(first)
     if not refused:
-        refused = first.refused
+        # No global is refused: a checked stand-in (mason._safe_constructors) refused the way
+        # the stream calls an allowed name, e.g. getattr(SomeClass, "method").  Its message
+        # says what it accepts; there is no name to list.
+        return UnsafeGlobalError(
+            f"{detail}\nIf you trust where this data comes from, load it with trusted=True.",
+            [])
+    if first.refused and detail == f"global {first.refused[0][0]} is not allowed":
+        detail = ""  # the plain refusal: the list below says it all
     lines = []
     for dotted, offset in refused:
         where = f"at byte {offset}" if offset is not None else "in the stream"
         lines.append(f"  {dotted}  ({where})")
     names = [dotted for dotted, _ in refused]
-    detail = str(first) if len(refused) == 1 and "not allowed" not in str(first) else ""
     message = (
         f"the pickle names {len(names)} global{'s' if len(names) != 1 else ''} that the "
         f"policy does not allow:\n" + "\n".join(lines) +

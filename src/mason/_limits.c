@@ -23,7 +23,9 @@ enum { ROLE_PUSH, ROLE_BUILD, ROLE_EXTEND, ROLE_POP, ROLE_DUP, ROLE_MARK, ROLE_P
        ROLE_PUT, ROLE_MEMOIZE, ROLE_GET, ROLE_PROTO, ROLE_FRAME, ROLE_STOP };
 
 #define NEED_LINE (-1)
-#define STOP_HERE 1     /* internal: malformed in a way the engine rejects */
+
+/* Bytes of the fixed part of each argument layout (the value, or the length prefix). */
+static const int arg_size[] = {0, 1, 2, 4, 8, 1, 4, 4, 8, 0, 0};
 
 typedef struct {
     unsigned char known, arg, role, pops, mark, imports;
@@ -48,7 +50,7 @@ typedef struct {
 } StreamCheck;
 
 static int
-grow(void **buf, Py_ssize_t *cap, Py_ssize_t need, size_t item)
+grow_slow(void **buf, Py_ssize_t *cap, Py_ssize_t need, size_t item)
 {
     if (need <= *cap)
         return 0;
@@ -65,16 +67,13 @@ grow(void **buf, Py_ssize_t *cap, Py_ssize_t need, size_t item)
     return 0;
 }
 
-static int
-push(StreamCheck *self, int32_t depth)
+static inline int
+grow(void **buf, Py_ssize_t *cap, Py_ssize_t need, size_t item)
 {
-    if (grow((void **)&self->stack, &self->capstack, self->nstack + 1, sizeof(int32_t)) < 0)
-        return -1;
-    self->stack[self->nstack++] = depth;
-    return 0;
+    return need <= *cap ? 0 : grow_slow(buf, cap, need, item);
 }
 
-static int
+static inline int
 memo_store(StreamCheck *self, Py_ssize_t idx, int32_t depth)
 {
     if (idx >= self->capmemo) {
@@ -163,7 +162,7 @@ parse_index(const unsigned char *s, Py_ssize_t n)
     return value;
 }
 
-static int32_t
+static inline int32_t
 max_of(const int32_t *a, Py_ssize_t n)
 {
     int32_t m = 0;
@@ -172,131 +171,246 @@ max_of(const int32_t *a, Py_ssize_t n)
     return m;
 }
 
-/* Apply one opcode.  Returns 0, STOP_HERE, or -1 with an exception set. */
 static int
-apply(StreamCheck *self, int code, int64_t value, Py_ssize_t offset)
+depth_error(StreamCheck *self, int code, Py_ssize_t offset)
 {
-    const OpInfo *op = &ops[code];
-    Py_ssize_t fence = self->nmarks ? self->marks[self->nmarks - 1] : 0;
-    if (op->imports)
-        self->imports = 1;
-    switch (op->role) {
-    case ROLE_PUSH:
-        return push(self, 1);
-    case ROLE_BUILD:
-    case ROLE_EXTEND: {
-        int32_t target = 0, inner = 0;
-        if (op->mark) {
-            if (!self->nmarks)
-                return STOP_HERE;
-            Py_ssize_t height = self->marks[--self->nmarks];
-            if (height > self->nstack)
-                return STOP_HERE;
-            Py_ssize_t count = self->nstack - height;
-            inner = max_of(self->stack + height, count);
-            self->nstack = height;
-            if (op->role == ROLE_EXTEND) {
-                Py_ssize_t outer = self->nmarks ? self->marks[self->nmarks - 1] : 0;
-                if (height <= outer)
-                    return STOP_HERE;
-                target = self->stack[--self->nstack];
-            }
-            else if (count < op->pops)
-                return STOP_HERE;
-        }
-        else {
-            if (self->nstack - op->pops < fence)
-                return STOP_HERE;
-            Py_ssize_t base = self->nstack - op->pops;
-            if (op->role == ROLE_EXTEND) {
-                target = self->stack[base];
-                inner = max_of(self->stack + base + 1, op->pops - 1);
-            }
-            else
-                inner = max_of(self->stack + base, op->pops);
-            self->nstack = base;
-        }
-        int64_t depth = (int64_t)inner + 1;
-        if (target > depth)
-            depth = target;
-        if (depth > self->max_depth)
-            return raise_limit(PyUnicode_FromFormat(
-                "the pickle nests deeper than max_depth=%zd (%U at byte %zd); if this "
-                "data is honest, load it with limits=mason.Limits(max_depth=...)",
-                self->max_depth, op->name, offset), offset);
-        return push(self, (int32_t)depth);
-    }
-    case ROLE_POP:
-        if (self->nmarks && self->marks[self->nmarks - 1] == self->nstack)
-            self->nmarks--;
-        else if (self->nstack <= fence)
-            return STOP_HERE;
-        else
-            self->nstack--;
-        return 0;
-    case ROLE_DUP:
-    case ROLE_PUT:
-    case ROLE_MEMOIZE: {
-        if (self->nstack <= fence)
-            return STOP_HERE;
-        int32_t top = self->stack[self->nstack - 1];
-        if (op->role == ROLE_DUP)
-            return push(self, top);
-        Py_ssize_t idx;
-        if (op->role == ROLE_MEMOIZE)
-            idx = self->memo_len;
-        else {
-            if (value > (int64_t)(self->memo_slack + self->memo_writes))
-                return raise_limit(PyUnicode_FromFormat(
-                    "memo index %lld at byte %zd (%U) is far beyond the %zd memo entries "
-                    "written so far: an honest pickle numbers its memo 0, 1, 2, ..., so this "
-                    "stream is corrupt or hostile (raise limits=mason.Limits(memo_slack=...) "
-                    "only if you are sure)",
-                    (long long)value, offset, op->name, self->memo_writes), offset);
-            idx = (Py_ssize_t)value;
-        }
-        self->memo_writes++;
-        return memo_store(self, idx, top);
-    }
-    case ROLE_MARK:
-        if (grow((void **)&self->marks, &self->capmarks, self->nmarks + 1, sizeof(Py_ssize_t)) < 0)
-            return -1;
-        self->marks[self->nmarks++] = self->nstack;
-        return 0;
-    case ROLE_POP_MARK:
-        if (!self->nmarks)
-            return STOP_HERE;
-        {
-            Py_ssize_t height = self->marks[--self->nmarks];
-            if (height < self->nstack)
-                self->nstack = height;
-        }
-        return 0;
-    case ROLE_GET: {
-        /* An unknown index may come from an earlier load of the same Unpickler: a leaf. */
-        int32_t depth = 1;
-        if (value >= 0 && value < self->capmemo && self->memo[value] != 0)
-            depth = self->memo[value];
-        return push(self, depth);
-    }
-    case ROLE_PROTO:
-        self->proto = (int)value;
-        return 0;
-    case ROLE_STOP:
-        if (self->nstack <= fence)
-            return STOP_HERE;
-        return 0;
-    default:   /* FRAME only groups opcodes */
-        return 0;
-    }
+    return raise_limit(PyUnicode_FromFormat(
+        "the pickle nests deeper than max_depth=%zd (%U at byte %zd); if this "
+        "data is honest, load it with limits=mason.Limits(max_depth=...)",
+        self->max_depth, ops[code].name, offset), offset);
 }
 
-static PyObject *
-result(int done, Py_ssize_t pos, PyObject *need)
+static int
+memo_error(StreamCheck *self, int code, int64_t value, Py_ssize_t offset)
 {
-    if (need == NULL)
-        return NULL;
-    return Py_BuildValue("(OnN)", done ? Py_True : Py_False, pos, need);
+    return raise_limit(PyUnicode_FromFormat(
+        "memo index %lld at byte %zd (%U) is far beyond the %zd memo entries "
+        "written so far: an honest pickle numbers its memo 0, 1, 2, ..., so this "
+        "stream is corrupt or hostile (raise limits=mason.Limits(memo_slack=...) "
+        "only if you are sure)",
+        (long long)value, offset, ops[code].name, self->memo_writes), offset);
+}
+
+enum { SCAN_MORE = 0, SCAN_DONE = 1, SCAN_ERROR = -1 };
+
+/* Check opcodes of buf[*pos:end].  On SCAN_DONE, *pos is where the engine's input must end;
+ * on SCAN_MORE, *pos is the opcode that is cut off and *need how much more it needs.
+ * The loop keeps the depth stack in locals (it is touched by almost every opcode) and does
+ * one table lookup and one switch per opcode: this pass must cost little next to the
+ * engine's own work of building every object. */
+static int
+scan(StreamCheck *self, const unsigned char *buf, Py_ssize_t end, Py_ssize_t *pos_io,
+     int64_t *need)
+{
+    Py_ssize_t pos = *pos_io;
+    int32_t *st = self->stack;
+    Py_ssize_t n = self->nstack, cap = self->capstack;
+    int imports = self->imports;
+    int status = SCAN_DONE;
+
+#define SYNC() (self->stack = st, self->nstack = n, self->capstack = cap)
+#define RELOAD() (st = self->stack, n = self->nstack, cap = self->capstack)
+#define PUSH(d) do { \
+        if (n >= cap) { \
+            SYNC(); \
+            if (grow_slow((void **)&self->stack, &self->capstack, n + 1, sizeof(int32_t)) < 0) \
+                goto error; \
+            RELOAD(); \
+        } \
+        st[n++] = (d); \
+    } while (0)
+#define FENCE() (self->nmarks ? self->marks[self->nmarks - 1] : 0)
+#define MORE(start, amount) do { *need = (amount); pos = (start); status = SCAN_MORE; goto out; } while (0)
+#define STOP_AT(start) do { self->stopped_at = (start); goto out; } while (0)
+
+    for (;;) {
+        if (pos >= end)
+            MORE(pos, 1);
+        const int code = buf[pos];
+        const OpInfo *op = &ops[code];
+        const Py_ssize_t start = pos++;
+        int64_t value = 0;
+
+        /* The argument: read what the checks below use, skip the rest. */
+        switch (op->arg) {
+        case ARG_NONE:
+            if (!op->known) {
+                pos = start + 1;
+                STOP_AT(start);
+            }
+            break;
+        case ARG_FIXED1:
+            if (pos >= end) MORE(start, 1);
+            value = buf[pos++];
+            break;
+        case ARG_FIXED2: case ARG_FIXED4: case ARG_FIXED8: {
+            const int size = arg_size[op->arg];
+            if (end - pos < size) MORE(start, size - (end - pos));
+            value = (int64_t)read_le(buf + pos, size);
+            pos += size;
+            break;
+        }
+        case ARG_LEN1: case ARG_LEN4: case ARG_LEN4_SIGNED: case ARG_LEN8: {
+            const int size = arg_size[op->arg];
+            if (end - pos < size) MORE(start, size - (end - pos));
+            const uint64_t length = read_le(buf + pos, size);
+            pos += size;
+            if (op->arg == ARG_LEN4_SIGNED && (length & 0x80000000u))
+                STOP_AT(start);
+            const uint64_t have = (uint64_t)(end - pos);
+            if (length > have) {
+                const uint64_t missing = length - have;
+                MORE(start, missing > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)missing);
+            }
+            pos += (Py_ssize_t)length;
+            break;
+        }
+        default: {   /* ARG_LINE, ARG_LINE2 */
+            const Py_ssize_t line_start = pos;
+            const int lines = op->arg == ARG_LINE2 ? 2 : 1;
+            for (int i = 0; i < lines; i++) {
+                const unsigned char *nl = memchr(buf + pos, '\n', (size_t)(end - pos));
+                if (nl == NULL)
+                    MORE(start, NEED_LINE);
+                pos = (nl - buf) + 1;
+            }
+            if (op->role == ROLE_PUT || op->role == ROLE_GET) {
+                value = parse_index(buf + line_start, pos - line_start);
+                if (value < 0)
+                    STOP_AT(start);
+            }
+        }
+        }
+
+        /* The stack effect, tracking the nesting depth of each stacked object. */
+        imports |= op->imports;
+        switch (op->role) {
+        case ROLE_PUSH:
+            PUSH(1);
+            break;
+        case ROLE_BUILD:
+        case ROLE_EXTEND: {
+            int32_t target = 0, inner;
+            if (op->mark) {
+                if (!self->nmarks)
+                    STOP_AT(start);
+                const Py_ssize_t height = self->marks[--self->nmarks];
+                const Py_ssize_t count = n - height;
+                inner = max_of(st + height, count);
+                n = height;
+                if (op->role == ROLE_EXTEND) {
+                    if (height <= FENCE())
+                        STOP_AT(start);
+                    target = st[--n];
+                }
+                else if (count < op->pops)
+                    STOP_AT(start);
+            }
+            else {
+                const Py_ssize_t base = n - op->pops;
+                if (base < FENCE())
+                    STOP_AT(start);
+                if (op->role == ROLE_EXTEND) {
+                    target = st[base];
+                    inner = max_of(st + base + 1, op->pops - 1);
+                }
+                else
+                    inner = max_of(st + base, op->pops);
+                n = base;
+            }
+            int64_t depth = (int64_t)inner + 1;
+            if (target > depth)
+                depth = target;
+            if (depth > self->max_depth) {
+                depth_error(self, code, start);
+                goto error;
+            }
+            PUSH((int32_t)depth);
+            break;
+        }
+        case ROLE_POP:
+            if (self->nmarks && self->marks[self->nmarks - 1] == n)
+                self->nmarks--;
+            else if (n <= FENCE())
+                STOP_AT(start);
+            else
+                n--;
+            break;
+        case ROLE_DUP:
+            if (n <= FENCE())
+                STOP_AT(start);
+            {
+                const int32_t top = st[n - 1];
+                PUSH(top);
+            }
+            break;
+        case ROLE_PUT:
+        case ROLE_MEMOIZE: {
+            if (n <= FENCE())
+                STOP_AT(start);
+            Py_ssize_t idx;
+            if (op->role == ROLE_MEMOIZE)
+                idx = self->memo_len;
+            else {
+                if (value > (int64_t)(self->memo_slack + self->memo_writes)) {
+                    memo_error(self, code, value, start);
+                    goto error;
+                }
+                idx = (Py_ssize_t)value;
+            }
+            self->memo_writes++;
+            if (memo_store(self, idx, st[n - 1]) < 0)
+                goto error;
+            break;
+        }
+        case ROLE_MARK:
+            if (grow((void **)&self->marks, &self->capmarks, self->nmarks + 1, sizeof(Py_ssize_t)) < 0)
+                goto error;
+            self->marks[self->nmarks++] = n;
+            break;
+        case ROLE_POP_MARK:
+            if (!self->nmarks)
+                STOP_AT(start);
+            {
+                const Py_ssize_t height = self->marks[--self->nmarks];
+                if (height < n)
+                    n = height;
+            }
+            break;
+        case ROLE_GET: {
+            /* An unknown index may come from an earlier load of the same Unpickler: a leaf. */
+            int32_t depth = 1;
+            if (value >= 0 && value < self->capmemo && self->memo[value] != 0)
+                depth = self->memo[value];
+            PUSH(depth);
+            break;
+        }
+        case ROLE_PROTO:
+            self->proto = (int)value;
+            break;
+        case ROLE_STOP:
+            if (n <= FENCE())
+                STOP_AT(start);
+            goto out;
+        default:   /* FRAME only groups opcodes */
+            break;
+        }
+    }
+out:
+    SYNC();
+    self->imports = imports;
+    *pos_io = pos;
+    return status;
+error:
+    SYNC();
+    self->imports = imports;
+    return SCAN_ERROR;
+#undef SYNC
+#undef RELOAD
+#undef PUSH
+#undef FENCE
+#undef MORE
+#undef STOP_AT
 }
 
 static PyObject *
@@ -306,98 +420,19 @@ StreamCheck_feed(StreamCheck *self, PyObject *args)
     Py_ssize_t pos = 0;
     if (!PyArg_ParseTuple(args, "y*|n:feed", &view, &pos))
         return NULL;
-    const unsigned char *buf = view.buf;
-    const Py_ssize_t end = view.len;
-    PyObject *ret = NULL;
-
-    for (;;) {
-        if (pos >= end) {
-            ret = result(0, pos, PyLong_FromLong(1));
-            break;
-        }
-        const int code = buf[pos];
-        const OpInfo *op = &ops[code];
-        const Py_ssize_t start = pos;
-        if (!op->known) {
-            self->stopped_at = start;
-            ret = result(1, pos + 1, PyLong_FromLong(0));
-            break;
-        }
-        pos++;
-        int64_t value = 0;
-        const Py_ssize_t left = end - pos;
-        int size;
-        switch (op->arg) {
-        case ARG_NONE:
-            break;
-        case ARG_FIXED1: case ARG_FIXED2: case ARG_FIXED4: case ARG_FIXED8:
-            size = op->arg == ARG_FIXED1 ? 1 : op->arg == ARG_FIXED2 ? 2 : op->arg == ARG_FIXED4 ? 4 : 8;
-            if (left < size) {
-                ret = result(0, start, PyLong_FromSsize_t(size - left));
-                goto done;
-            }
-            value = (int64_t)read_le(buf + pos, size);   /* only PUT/GET/PROTO values are used */
-            pos += size;
-            break;
-        case ARG_LEN1: case ARG_LEN4: case ARG_LEN4_SIGNED: case ARG_LEN8: {
-            size = op->arg == ARG_LEN1 ? 1 : op->arg == ARG_LEN8 ? 8 : 4;
-            if (left < size) {
-                ret = result(0, start, PyLong_FromSsize_t(size - left));
-                goto done;
-            }
-            uint64_t length = read_le(buf + pos, size);
-            pos += size;
-            if (op->arg == ARG_LEN4_SIGNED && (length & 0x80000000u)) {
-                self->stopped_at = start;
-                ret = result(1, pos, PyLong_FromLong(0));
-                goto done;
-            }
-            uint64_t have = (uint64_t)(end - pos);
-            if (length > have) {
-                ret = result(0, start, PyLong_FromUnsignedLongLong(length - have));
-                goto done;
-            }
-            pos += (Py_ssize_t)length;
-            break;
-        }
-        case ARG_LINE: case ARG_LINE2: {
-            const Py_ssize_t line_start = pos;
-            int lines = op->arg == ARG_LINE2 ? 2 : 1;
-            for (int i = 0; i < lines; i++) {
-                const unsigned char *nl = memchr(buf + pos, '\n', (size_t)(end - pos));
-                if (nl == NULL) {
-                    ret = result(0, start, PyLong_FromLong(NEED_LINE));
-                    goto done;
-                }
-                pos = (nl - buf) + 1;
-            }
-            if (op->role == ROLE_PUT || op->role == ROLE_GET) {
-                value = parse_index(buf + line_start, pos - line_start);
-                if (value < 0) {
-                    self->stopped_at = start;
-                    ret = result(1, pos, PyLong_FromLong(0));
-                    goto done;
-                }
-            }
-            break;
-        }
-        }
-        int r = apply(self, code, value, start);
-        if (r < 0)
-            goto done;
-        if (r == STOP_HERE) {
-            self->stopped_at = start;
-            ret = result(1, pos, PyLong_FromLong(0));
-            break;
-        }
-        if (op->role == ROLE_STOP) {
-            ret = result(1, pos, PyLong_FromLong(0));
-            break;
-        }
+    int64_t need = 0;
+    int status = SCAN_DONE;
+    if (pos < 0 || pos > view.len) {
+        PyErr_SetString(PyExc_ValueError, "feed position outside the buffer");
+        status = SCAN_ERROR;
     }
-done:
+    else
+        status = scan(self, view.buf, view.len, &pos, &need);
     PyBuffer_Release(&view);
-    return ret;
+    if (status == SCAN_ERROR)
+        return NULL;
+    return Py_BuildValue("(OnL)", status == SCAN_DONE ? Py_True : Py_False, pos,
+                         (long long)need);
 }
 
 static int

@@ -129,7 +129,7 @@ class StreamCheck:
                     self.stopped_at = start
                     return True, pos, 0
                 if end - pos < length:
-                    return False, start, length - (end - pos)
+                    return False, start, min(length - (end - pos), _INT64_MAX)
                 pos += length
             else:
                 lines = 2 if arg is Arg.LINE2 else 1

@@ -35,7 +35,11 @@ SAFE_DATA_NAMES = (
     *(f"builtins.{name}" for name, value in vars(__import__("builtins")).items()
       if isinstance(value, type) and issubclass(value, BaseException)),
     "datetime.date", "datetime.time", "datetime.datetime", "datetime.timedelta",
-    "datetime.timezone", "zoneinfo.ZoneInfo._unpickle",
+    "datetime.timezone",
+    # ZoneInfo pickles as getattr(ZoneInfo, "_unpickle")(key, from_cache): the class and
+    # exactly that classmethod.  Both only read the system's time zone database, by a key
+    # that zoneinfo itself refuses to let out of its search path.
+    "zoneinfo.ZoneInfo", "zoneinfo.ZoneInfo._unpickle",
     "decimal.Decimal",
     "uuid.UUID", "uuid.SafeUUID",
     "collections.OrderedDict", "collections.deque", "collections.defaultdict",

@@ -1,0 +1,87 @@
+"""How a store turns values into bytes and back: mason's pickler out, mason's loader in.
+
+Values are pickled with protocol 5.  Large contiguous buffers that an object hands to the
+pickler as ``PickleBuffer`` (numpy arrays, ``bytearray``, anything implementing the protocol
+5 ``__reduce_ex__``) are taken *out of band* through ``buffer_callback``: the pickle stream
+keeps only a NEXT_BUFFER placeholder, and the buffer's memory goes to the backend as it is
+(SQLite binds it straight from the object's memory; it is never copied into the stream and
+never parsed by the loader).  Buffers under ``OOB_MIN`` bytes stay in band, where one more
+row or frame would cost more than the copy.
+
+Every load goes through ``mason.loads`` under the store's policy, whoever wrote the bytes:
+the database is not trusted, so hostile bytes planted in it are refused like any other.
+"""
+
+from __future__ import annotations
+
+from pickle import PickleBuffer
+from typing import Any, Iterable
+
+from ..limits import Limits
+from ..pickler import dumps
+from ..policy import Policy
+from ..unpickler import loads
+
+__all__ = ["Codec", "OOB_MIN", "make_policy"]
+
+# Buffers at least this large travel out of band.
+OOB_MIN = 16 * 1024
+
+
+def make_policy(allow: Iterable[str] | None, preset, policy: Policy | None,
+                trusted: bool) -> Policy | None:
+    """The one policy a store loads under (None: trusted, load anything)."""
+    if trusted:
+        if allow or policy is not None or preset:
+            raise ValueError("trusted=True allows everything: drop allow= / preset= / policy=")
+        return None
+    if policy is not None and not isinstance(policy, Policy):
+        raise TypeError(f"policy must be a mason.Policy, not {type(policy).__name__}")
+    result = policy if policy is not None else Policy.default()
+    if preset:
+        if not hasattr(Policy, "preset"):
+            raise NotImplementedError(
+                f"preset={preset!r} needs mason.Policy.preset, which this version of mason "
+                "does not have yet: pass allow=[...] with the globals the values need (the "
+                "error from loading one lists them), or policy=mason.Policy([...])")
+        for name in ([preset] if isinstance(preset, str) else list(preset)):
+            result = result | Policy.preset(name)
+    if allow:
+        result = result | Policy(allow)
+    return result
+
+
+class Codec:
+    """Pickles values for one store and loads them under its policy."""
+
+    __slots__ = ("policy", "limits", "trusted")
+
+    def __init__(self, policy: Policy | None, limits: Limits | None):
+        self.policy = policy
+        self.trusted = policy is None
+        self.limits = limits
+
+    @staticmethod
+    def pack(value: Any) -> tuple[bytes, list[memoryview]]:
+        """``(pickle, buffers)``: the protocol 5 pickle and its out-of-band buffers, as
+        memoryviews of the value's own memory (no copy; keep ``value`` alive until written)."""
+        buffers: list[memoryview] = []
+
+        def take(buf: PickleBuffer):
+            try:
+                view = buf.raw()
+            except BufferError:  # not contiguous: the pickler copies it in band
+                return True
+            if view.nbytes < OOB_MIN:
+                return True
+            buffers.append(view)
+            return False
+
+        data = dumps(value, 5, buffer_callback=take)
+        return data, buffers
+
+    def load(self, data, buffers=None) -> Any:
+        """The value of a stored pickle, calling only what the policy allows."""
+        if self.trusted:
+            return loads(data, buffers=buffers, trusted=True, limits=self.limits)
+        return loads(data, buffers=buffers, policy=self.policy, limits=self.limits)

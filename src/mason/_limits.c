@@ -33,13 +33,27 @@ typedef struct {
 } OpInfo;
 
 static OpInfo ops[256];
+
+/* Common opcode shapes get a case of their own in the scan loop, so that the usual opcode
+ * costs one table lookup and one branch; everything else takes the general path. */
+enum { K_GENERAL, K_PUSH, K_PUSH_FIXED, K_PUSH_LEN, K_BUILD, K_EXTEND, K_EXTEND_MARK,
+       K_MARK, K_MEMOIZE, K_GET_FIXED, K_FRAME };
+static unsigned char kind[256];
+
+/* The light pass (see check() below) needs only how to skip each opcode's argument and
+ * which few opcodes matter to it. */
+enum { L_UNKNOWN, L_SKIP, L_FIXED, L_LEN, L_LEN4_SIGNED, L_LINE, L_LINE2, L_PUT_FIXED,
+       L_PUT_LINE, L_PROTO, L_STOP, L_GET_LINE };
+static unsigned char light[256];
+/* The whole size of an opcode the light pass only skips (no argument, or a fixed-size one
+ * that it does not read, and no global), else 0. */
+static unsigned char step[256];
 static PyObject *LimitError;   /* mason.errors.LimitError */
 
 typedef struct {
     PyObject_HEAD
     Py_ssize_t max_depth;
     Py_ssize_t memo_slack;
-    Py_ssize_t memo_writes;
     int proto;
     int imports;
     Py_ssize_t stopped_at;          /* -1: none */
@@ -181,14 +195,13 @@ depth_error(StreamCheck *self, int code, Py_ssize_t offset)
 }
 
 static int
-memo_error(StreamCheck *self, int code, int64_t value, Py_ssize_t offset)
+memo_error(Py_ssize_t slack, int code, int64_t value, Py_ssize_t offset)
 {
     return raise_limit(PyUnicode_FromFormat(
-        "memo index %lld at byte %zd (%U) is far beyond the %zd memo entries "
-        "written so far: an honest pickle numbers its memo 0, 1, 2, ..., so this "
-        "stream is corrupt or hostile (raise limits=mason.Limits(memo_slack=...) "
-        "only if you are sure)",
-        (long long)value, offset, ops[code].name, self->memo_writes), offset);
+        "memo index %lld at byte %zd (%U) exceeds what a stream this long can hold (its "
+        "offset plus memo_slack=%zd): an honest pickle numbers its memo 0, 1, 2, ..., so this "
+        "stream is corrupt or hostile (raise limits=mason.Limits(memo_slack=...) only if "
+        "you are sure)", (long long)value, offset, ops[code].name, slack), offset);
 }
 
 enum { SCAN_MORE = 0, SCAN_DONE = 1, SCAN_ERROR = -1 };
@@ -227,8 +240,112 @@ scan(StreamCheck *self, const unsigned char *buf, Py_ssize_t end, Py_ssize_t *po
         if (pos >= end)
             MORE(pos, 1);
         const int code = buf[pos];
-        const OpInfo *op = &ops[code];
         const Py_ssize_t start = pos++;
+
+        /* Fast cases: each does exactly what the general path below does for its shape. */
+        switch (kind[code]) {
+        case K_PUSH:
+            PUSH(1);
+            continue;
+        case K_PUSH_FIXED: {
+            const int size = arg_size[ops[code].arg];
+            if (end - pos < size) MORE(start, size - (end - pos));
+            pos += size;
+            PUSH(1);
+            continue;
+        }
+        case K_PUSH_LEN: {
+            const int size = arg_size[ops[code].arg];
+            if (end - pos < size) MORE(start, size - (end - pos));
+            const uint64_t length = read_le(buf + pos, size);
+            pos += size;
+            const uint64_t have = (uint64_t)(end - pos);
+            if (length > have) {
+                const uint64_t missing = length - have;
+                MORE(start, missing > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)missing);
+            }
+            pos += (Py_ssize_t)length;
+            PUSH(1);
+            continue;
+        }
+        case K_BUILD: {
+            const Py_ssize_t base = n - ops[code].pops;
+            if (base < FENCE())
+                STOP_AT(start);
+            const int32_t depth = max_of(st + base, ops[code].pops) + 1;
+            if (depth > self->max_depth) {
+                depth_error(self, code, start);
+                goto error;
+            }
+            n = base;
+            st[n++] = depth;
+            continue;
+        }
+        case K_EXTEND: {
+            const Py_ssize_t base = n - ops[code].pops;
+            if (base < FENCE())
+                STOP_AT(start);
+            int32_t depth = max_of(st + base + 1, ops[code].pops - 1) + 1;
+            if (st[base] > depth)
+                depth = st[base];
+            if (depth > self->max_depth) {
+                depth_error(self, code, start);
+                goto error;
+            }
+            n = base;
+            st[n++] = depth;
+            continue;
+        }
+        case K_EXTEND_MARK: {
+            if (!self->nmarks)
+                STOP_AT(start);
+            const Py_ssize_t height = self->marks[self->nmarks - 1];
+            if (height <= (self->nmarks > 1 ? self->marks[self->nmarks - 2] : 0)) {
+                self->nmarks--;
+                n = height;
+                STOP_AT(start);
+            }
+            self->nmarks--;
+            int32_t depth = max_of(st + height, n - height) + 1;
+            if (st[height - 1] > depth)
+                depth = st[height - 1];
+            if (depth > self->max_depth) {
+                depth_error(self, code, start);
+                goto error;
+            }
+            n = height;
+            st[n - 1] = depth;
+            continue;
+        }
+        case K_MARK:
+            if (self->nmarks >= self->capmarks
+                && grow_slow((void **)&self->marks, &self->capmarks, self->nmarks + 1, sizeof(Py_ssize_t)) < 0)
+                goto error;
+            self->marks[self->nmarks++] = n;
+            continue;
+        case K_MEMOIZE:
+            if (n <= FENCE())
+                STOP_AT(start);
+            if (memo_store(self, self->memo_len, st[n - 1]) < 0)
+                goto error;
+            continue;
+        case K_GET_FIXED: {
+            const int size = arg_size[ops[code].arg];
+            if (end - pos < size) MORE(start, size - (end - pos));
+            const uint64_t idx = read_le(buf + pos, size);
+            pos += size;
+            PUSH(idx < (uint64_t)self->capmemo && self->memo[idx] != 0 ? self->memo[idx] : 1);
+            continue;
+        }
+        case K_FRAME:
+            if (end - pos < 8) MORE(start, 8 - (end - pos));
+            pos += 8;
+            continue;
+        default:
+            break;
+        }
+
+        const OpInfo *op = &ops[code];
         int64_t value = 0;
 
         /* The argument: read what the checks below use, skip the rest. */
@@ -352,13 +469,12 @@ scan(StreamCheck *self, const unsigned char *buf, Py_ssize_t end, Py_ssize_t *po
             if (op->role == ROLE_MEMOIZE)
                 idx = self->memo_len;
             else {
-                if (value > (int64_t)(self->memo_slack + self->memo_writes)) {
-                    memo_error(self, code, value, start);
+                if (value > (int64_t)(self->memo_slack + start)) {
+                    memo_error(self->memo_slack, code, value, start);
                     goto error;
                 }
                 idx = (Py_ssize_t)value;
             }
-            self->memo_writes++;
             if (memo_store(self, idx, st[n - 1]) < 0)
                 goto error;
             break;
@@ -446,7 +562,6 @@ StreamCheck_init(StreamCheck *self, PyObject *args, PyObject *kwds)
         max_depth = INT32_MAX - 1;
     self->max_depth = max_depth;
     self->memo_slack = memo_slack;
-    self->memo_writes = 0;
     self->proto = 0;
     self->imports = 0;
     self->stopped_at = -1;
@@ -489,7 +604,6 @@ static PyGetSetDef StreamCheck_getset[] = {
 static PyMemberDef StreamCheck_members[] = {
     {"max_depth", T_PYSSIZET, offsetof(StreamCheck, max_depth), 0, NULL},
     {"memo_slack", T_PYSSIZET, offsetof(StreamCheck, memo_slack), 0, NULL},
-    {"memo_writes", T_PYSSIZET, offsetof(StreamCheck, memo_writes), READONLY, NULL},
     {"proto", T_INT, offsetof(StreamCheck, proto), READONLY, NULL},
     {NULL}
 };
@@ -566,14 +680,198 @@ load_table(void)
         op->mark = (unsigned char)mark;
         op->imports = (unsigned char)(imports || persistent);
         Py_XSETREF(op->name, name);
+        if (op->role == ROLE_PUT)
+            light[code] = op->arg >= ARG_LINE ? L_PUT_LINE : L_PUT_FIXED;
+        else if (op->role == ROLE_GET && op->arg >= ARG_LINE)
+            light[code] = L_GET_LINE;
+        else if (op->role == ROLE_PROTO)
+            light[code] = L_PROTO;
+        else if (op->role == ROLE_STOP)
+            light[code] = L_STOP;
+        else if (op->arg == ARG_NONE)
+            light[code] = L_SKIP;
+        else if (op->arg <= ARG_FIXED8)
+            light[code] = L_FIXED;
+        else if (op->arg == ARG_LEN4_SIGNED)
+            light[code] = L_LEN4_SIGNED;
+        else if (op->arg <= ARG_LEN8)
+            light[code] = L_LEN;
+        else
+            light[code] = op->arg == ARG_LINE2 ? L_LINE2 : L_LINE;
+        if ((light[code] == L_SKIP || light[code] == L_FIXED) && !op->imports)
+            step[code] = (unsigned char)(1 + arg_size[op->arg]);
+        kind[code] = K_GENERAL;
+        if (op->imports || op->arg == ARG_LEN4_SIGNED || op->arg >= ARG_LINE)
+            continue;
+        if (op->role == ROLE_PUSH)
+            kind[code] = op->arg == ARG_NONE ? K_PUSH : op->arg <= ARG_FIXED8 ? K_PUSH_FIXED : K_PUSH_LEN;
+        else if (op->arg != ARG_NONE) {
+            if (op->role == ROLE_GET)
+                kind[code] = K_GET_FIXED;
+            else if (op->role == ROLE_FRAME)
+                kind[code] = K_FRAME;
+        }
+        else if (op->role == ROLE_BUILD && !op->mark && op->pops > 0)
+            kind[code] = K_BUILD;
+        else if (op->role == ROLE_EXTEND)
+            kind[code] = op->mark ? K_EXTEND_MARK : K_EXTEND;
+        else if (op->role == ROLE_MARK)
+            kind[code] = K_MARK;
+        else if (op->role == ROLE_MEMOIZE)
+            kind[code] = K_MEMOIZE;
     }
     Py_DECREF(it);
     return PyErr_Occurred() ? -1 : 0;
 }
 
+
+/* check(data, max_depth, memo_slack) -> packed int, or None when data ends inside the pickle.
+ * Same contract as mason.limits.check; see there.  The light pass is the hot path of every
+ * safe load of a small pickle, so the usual opcode (no argument, or a fixed-size one the pass
+ * does not look at) costs one table lookup: step[code] is its whole size. */
+static Py_ssize_t
+pack(Py_ssize_t end, int proto, int imports, int stopped)
+{
+    return (end << 10) | ((Py_ssize_t)(proto & 0xff) << 2) | (imports << 1) | stopped;
+}
+
+static PyObject *
+check(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer view;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "check(data, max_depth, memo_slack)");
+        return NULL;
+    }
+    Py_ssize_t max_depth = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t memo_slack = PyLong_AsSsize_t(args[2]);
+    if ((max_depth == -1 || memo_slack == -1) && PyErr_Occurred())
+        return NULL;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const unsigned char *buf = view.buf;
+    const Py_ssize_t end = view.len;
+    Py_ssize_t pos = 0;
+    int imports = 0, proto = 0;
+    PyObject *ret = NULL;
+
+    if (end > max_depth) {
+        StreamCheck full;
+        memset(&full, 0, sizeof full);
+        full.max_depth = max_depth > INT32_MAX - 1 ? INT32_MAX - 1 : max_depth;
+        full.memo_slack = memo_slack;
+        full.stopped_at = -1;
+        int64_t need = 0;
+        int status = scan(&full, buf, end, &pos, &need);
+        PyMem_Free(full.stack);
+        PyMem_Free(full.marks);
+        PyMem_Free(full.memo);
+        if (status == SCAN_DONE)
+            ret = PyLong_FromSsize_t(pack(pos, full.proto, full.imports, full.stopped_at >= 0));
+        else if (status == SCAN_MORE)
+            ret = Py_NewRef(Py_None);
+        goto done;
+    }
+
+    for (;;) {
+        if (pos >= end)
+            goto incomplete;
+        const int code = buf[pos];
+        if (step[code]) {
+            pos += step[code];
+            continue;
+        }
+        const Py_ssize_t start = pos++;
+        imports |= ops[code].imports;
+        switch (light[code]) {
+        case L_LEN: {
+            const int size = arg_size[ops[code].arg];
+            if (end - pos < size)
+                goto incomplete;
+            const uint64_t length = read_le(buf + pos, size);
+            pos += size;
+            if (length > (uint64_t)(end - pos))
+                goto incomplete;
+            pos += (Py_ssize_t)length;
+            continue;
+        }
+        case L_LEN4_SIGNED: {
+            if (end - pos < 4)
+                goto incomplete;
+            const uint64_t length = read_le(buf + pos, 4);
+            pos += 4;
+            if (length & 0x80000000u) {
+                ret = PyLong_FromSsize_t(pack(pos, proto, imports, 1));
+                goto done;
+            }
+            if (length > (uint64_t)(end - pos))
+                goto incomplete;
+            pos += (Py_ssize_t)length;
+            continue;
+        }
+        case L_PUT_FIXED:
+        case L_PROTO:
+        case L_FIXED: {
+            const int size = arg_size[ops[code].arg];
+            if (end - pos < size)
+                goto incomplete;
+            const int64_t value = (int64_t)read_le(buf + pos, size);
+            pos += size;
+            if (light[code] == L_PROTO)
+                proto = (int)value;
+            else if (light[code] == L_PUT_FIXED && value > (int64_t)(memo_slack + start)) {
+                memo_error(memo_slack, code, value, start);
+                goto done;
+            }
+            continue;
+        }
+        case L_SKIP:
+            continue;
+        case L_STOP:
+            ret = PyLong_FromSsize_t(pack(pos, proto, imports, 0));
+            goto done;
+        case L_UNKNOWN:
+            ret = PyLong_FromSsize_t(pack(pos, proto, imports, 1));
+            goto done;
+        default: {   /* L_LINE, L_LINE2, L_GET_LINE, L_PUT_LINE */
+            const Py_ssize_t line_start = pos;
+            for (int i = light[code] == L_LINE2 ? 2 : 1; i > 0; i--) {
+                const unsigned char *nl = memchr(buf + pos, '\n', (size_t)(end - pos));
+                if (nl == NULL)
+                    goto incomplete;
+                pos = (nl - buf) + 1;
+            }
+            if (light[code] == L_GET_LINE || light[code] == L_PUT_LINE) {
+                const int64_t value = parse_index(buf + line_start, pos - line_start);
+                if (value < 0) {
+                    ret = PyLong_FromSsize_t(pack(pos, proto, imports, 1));
+                    goto done;
+                }
+                if (light[code] == L_PUT_LINE && value > (int64_t)(memo_slack + start)) {
+                    memo_error(memo_slack, code, value, start);
+                    goto done;
+                }
+            }
+            continue;
+        }
+        }
+    }
+incomplete:
+    ret = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&view);
+    return ret;
+}
+
+static PyMethodDef module_methods[] = {
+    {"check", (PyCFunction)(void (*)(void))check, METH_FASTCALL,
+     "check(data, max_depth, memo_slack): see mason.limits.check"},
+    {NULL}
+};
+
 static struct PyModuleDef limits_module = {
     PyModuleDef_HEAD_INIT, "mason._limits",
-    "Compiled twin of mason.limits.StreamCheck.", -1, NULL,
+    "Compiled twin of mason.limits: StreamCheck and check.", -1, module_methods,
 };
 
 PyMODINIT_FUNC

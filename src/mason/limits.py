@@ -16,8 +16,10 @@ What the check bounds:
 
 * every declared length (bytes, strings, big ints, frames) against the bytes really present;
 * memo indexes written by PUT / BINPUT / LONG_BINPUT: an honest pickler numbers its memo
-  0, 1, 2, ..., so an index may run at most ``memo_slack`` beyond the number of memo entries
-  the stream has written so far (the engine allocates 16 bytes per index up to the largest);
+  0, 1, 2, ..., one entry per memoized object, and every object takes at least one byte of
+  the stream, so an index may exceed the byte offset of its opcode by at most
+  ``memo_slack`` (the engine allocates 16 bytes per index up to the largest, so its memo
+  stays within 16 bytes per byte of input, plus the slack);
 * nesting depth, as the stream builds it, against ``max_depth``.
 
 Where a stream is malformed in a way the C engine itself rejects (an unknown opcode, a negative
@@ -43,10 +45,11 @@ class Limits:
 
     ``max_depth``: deepest nesting of containers and objects the stream may build.  Pickle's
     own dumper stops near the interpreter's recursion limit, far below the default.
-    ``memo_slack``: how far a memo index may run beyond the number of memo entries written
-    so far.  Honest pickles number their memo densely; the slack leaves room for a memo
-    carried over from an earlier pickle (``Pickler.memo``), and bounds the engine's memo
-    allocation at 16 bytes times (slack + entries).
+    ``memo_slack``: how far a memo index may run beyond the byte offset of the opcode that
+    writes it.  Honest pickles number their memo densely, one entry per object, so an index
+    never exceeds the offset; the slack leaves room for a memo carried over from an earlier
+    pickle (``Pickler.memo``).  The engine's memo then stays within 16 bytes per byte of
+    input, plus 16 bytes per unit of slack.
     """
 
     max_depth: int = 10_000
@@ -87,7 +90,6 @@ class StreamCheck:
     def __init__(self, max_depth: int, memo_slack: int):
         self.max_depth = max_depth
         self.memo_slack = memo_slack
-        self.memo_writes = 0
         self.proto = 0
         self.imports = False
         self.stopped_at: int | None = None
@@ -208,17 +210,10 @@ class StreamCheck:
                 stack.append(stack[-1])
             elif role is Role.MEMOIZE:
                 memo[len(memo)] = stack[-1]
-                self.memo_writes += 1
             else:
-                if value > self.memo_slack + self.memo_writes:
-                    raise LimitError(
-                        f"memo index {value} at byte {offset} ({op.name}) is far beyond the "
-                        f"{self.memo_writes} memo entries written so far: an honest pickle "
-                        f"numbers its memo 0, 1, 2, ..., so this stream is corrupt or hostile "
-                        f"(raise limits=mason.Limits(memo_slack=...) only if you are sure)",
-                        offset)
+                if value > self.memo_slack + offset:
+                    raise _memo_error(value, offset, op.name, self.memo_slack)
                 memo[value] = stack[-1]
-                self.memo_writes += 1
         elif role is Role.MARK:
             marks.append(len(stack))
         elif role is Role.POP_MARK:
@@ -261,3 +256,88 @@ def _find_newline(view, pos: int, end: int) -> int:
         if view[i] == 10:
             return i
     return -1
+
+
+def check(data, max_depth: int, memo_slack: int) -> int | None:
+    """The fast check of a pickle held in memory; ``None`` if the data ends inside it.
+
+    In memory, the engine bounds every declared length by the data itself, and a stream of
+    at most ``max_depth`` bytes cannot nest deeper than that, so for such a stream a light
+    pass suffices: it skips arguments, checks memo writes, and notes the protocol, globals
+    and STOP.  Longer streams get the full ``StreamCheck`` pass.
+
+    Returns ``end << 10 | proto << 2 | imports << 1 | stopped``: ``end`` is where the engine's
+    input must end, ``stopped`` that the pass stopped at a malformed opcode.
+    """
+    view = data if isinstance(data, bytes) else memoryview(data).cast("B")
+    end = len(view)
+    if end > max_depth:
+        full = StreamCheck(max_depth, memo_slack)
+        done, pos, _ = full.feed(data, 0)
+        if not done:
+            return None
+        return _pack(pos, full.proto, full.imports, full.stopped_at is not None)
+    pos = proto = 0
+    imports = False
+    while True:
+        if pos >= end:
+            return None
+        op = _TABLE[view[pos]]
+        start = pos
+        pos += 1
+        if op is None:
+            return _pack(pos, proto, imports, True)
+        imports = imports or op.imports or op.persistent
+        arg, role = op.arg, op.role
+        if role is Role.STOP:
+            return _pack(pos, proto, imports, False)
+        if arg is Arg.NONE:
+            continue
+        if arg <= Arg.FIXED8:
+            size = _ARG_SIZE[arg]
+            if end - pos < size:
+                return None
+            if role is Role.PUT:
+                value = int.from_bytes(view[pos:pos + size], "little")
+                if value > memo_slack + start:
+                    raise _memo_error(value, start, op.name, memo_slack)
+            elif role is Role.PROTO:
+                proto = view[pos]
+            pos += size
+        elif arg <= Arg.LEN8:
+            size = _ARG_SIZE[arg]
+            if end - pos < size:
+                return None
+            length = int.from_bytes(view[pos:pos + size], "little",
+                                    signed=arg is Arg.LEN4_SIGNED)
+            pos += size
+            if length < 0:
+                return _pack(pos, proto, imports, True)
+            if length > end - pos:
+                return None
+            pos += length
+        else:
+            line_start = pos
+            for _ in range(2 if arg is Arg.LINE2 else 1):
+                nl = _find_newline(view, pos, end)
+                if nl < 0:
+                    return None
+                pos = nl + 1
+            if role is Role.PUT or role is Role.GET:
+                value = _parse_index(bytes(view[line_start:pos]))
+                if value < 0:
+                    return _pack(pos, proto, imports, True)
+                if role is Role.PUT and value > memo_slack + start:
+                    raise _memo_error(value, start, op.name, memo_slack)
+
+
+def _pack(end: int, proto: int, imports: bool, stopped: bool) -> int:
+    return (end << 10) | ((proto & 0xFF) << 2) | (int(imports) << 1) | int(stopped)
+
+
+def _memo_error(value: int, offset: int, name: str, slack: int) -> LimitError:
+    return LimitError(
+        f"memo index {value} at byte {offset} ({name}) exceeds what a stream this long can "
+        f"hold (its offset plus memo_slack={slack}): an honest pickle numbers its memo 0, 1, "
+        f"2, ..., so this stream is corrupt or hostile (raise limits=mason.Limits(memo_slack="
+        f"...) only if you are sure)", offset)

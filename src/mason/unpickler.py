@@ -237,7 +237,7 @@ class Unpickler(_pickle.Unpickler):
 
     def _load_checked(self, data, check):
         self._proto = check.proto
-        self._memo_entries += check.memo_writes
+        self._memo_entries += len(data)
         self._source.set(data)
         try:
             return super().load()

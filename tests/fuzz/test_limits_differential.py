@@ -24,7 +24,7 @@ def outcome(cls, data, max_depth, slack):
         result = check.feed(data, 0)
     except mason.LimitError as exc:
         return ("limit", str(exc), exc.offset)
-    return ("ok", result, check.proto, check.imports, check.stopped_at, check.memo_writes)
+    return ("ok", result, check.proto, check.imports, check.stopped_at)
 
 
 def corpus():
@@ -77,3 +77,21 @@ def test_compiled_and_reference_checks_agree_on_every_prefix():
             prefix = data[:cut]
             assert outcome(_limits.StreamCheck, prefix, 10_000, 1 << 20) == \
                 outcome(limits.StreamCheck, prefix, 10_000, 1 << 20)
+
+
+def check_outcome(fn, data, max_depth, slack):
+    try:
+        return ("ok", fn(data, max_depth, slack))
+    except mason.LimitError as exc:
+        return ("limit", str(exc), exc.offset)
+
+
+def test_compiled_and_reference_fast_checks_agree_on_mutated_streams():
+    rng = random.Random(1125)
+    seeds = corpus()
+    for i in range(ITERATIONS):
+        data = mutate(rng, rng.choice(seeds), seeds)
+        depth = rng.choice([3, 50, 10_000])
+        slack = rng.choice([0, 4, 1 << 20])
+        assert check_outcome(_limits.check, data, depth, slack) == \
+            check_outcome(limits.check, data, depth, slack), f"iteration {i}: {data!r}"

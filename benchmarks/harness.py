@@ -276,6 +276,16 @@ def _ratio_text(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def _quartiles(values: list[float]) -> tuple[float, float] | None:
+    """First and third quartiles (the min and max when there are fewer than 4 values)."""
+    if not values:
+        return None
+    if len(values) < 4:
+        return min(values), max(values)
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return q[0], q[2]
+
+
 def report(results: Results, baseline: str, *, subject: str | None = None,
            peer: str | None = None, file: TextIO | None = None) -> bool:
     """Print one row per workload: the baseline's median time, every other contender's ratio
@@ -294,7 +304,7 @@ def report(results: Results, baseline: str, *, subject: str | None = None,
     if peer is not None and subject is not None:
         headers.append(f"{subject} / {peer}")
     if subject is not None:
-        headers.append(f"{subject} range")
+        headers.append(f"{subject} IQR")
     if has_target:
         headers += ["target", "result"]
     rows: list[list[str]] = []
@@ -318,9 +328,10 @@ def report(results: Results, baseline: str, *, subject: str | None = None,
             notes.append(f"{w.key}: {baseline}: {base.error}")
         if peer is not None and subject is not None:
             cells.append(_ratio_text(results.ratio(w.key, subject, peer)))
+        spread = None
         if subject is not None:
-            paired = results.paired_ratios(w.key, subject, baseline)
-            cells.append(f"{min(paired):.2f}-{max(paired):.2f}" if paired else "-")
+            spread = _quartiles(results.paired_ratios(w.key, subject, baseline))
+            cells.append(f"{spread[0]:.2f}-{spread[1]:.2f}" if spread else "-")
         if has_target:
             ratio = results.ratio(w.key, subject, baseline)
             if w.target is None:
@@ -328,6 +339,8 @@ def report(results: Results, baseline: str, *, subject: str | None = None,
             else:
                 verdict = "ERROR" if ratio is None else ("PASS" if ratio <= w.target else "FAIL")
                 ok = ok and verdict == "PASS"
+                if spread and verdict != "ERROR" and spread[0] <= w.target < spread[1]:
+                    verdict += "?"  # the noise straddles the target: rerun with more repeats
                 cells += [f"<= {w.target:.2f}x", verdict]
         rows.append(cells)
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
@@ -343,8 +356,9 @@ def report(results: Results, baseline: str, *, subject: str | None = None,
     for cells in rows:
         print(line(cells), file=out)
     if subject is not None:
-        print(f"\n{subject} range: lowest-highest {subject} / {baseline} ratio within one repeat "
-              f"(samples taken side by side); the ratio column is the ratio of medians.",
+        print(f"\n{subject} IQR: interquartile range of the {subject} / {baseline} ratio within "
+              f"each repeat (the two samples taken side by side); a result marked '?' has the "
+              f"target inside that range: noise could flip it, rerun with more --repeat.",
               file=out)
     for note in notes:
         print(f"note: {note}", file=out)

@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                               disable_gc=not args.keep_gc)
     print()
     ok = harness.report(results, "pickle", subject="mason")
+    print(f"load average at the end: {harness.environment()['loadavg']}")
     if args.json:
         harness.save_json(results, args.json)
         print(f"\nsamples written to {args.json}")

@@ -30,13 +30,15 @@ from .limits import NEED_LINE, Limits
 from .policy import Policy
 
 try:
-    from ._limits import StreamCheck
+    from ._limits import StreamCheck, check as _check
 except ImportError:  # the compiled check was not built: the reference one gives the same results
-    from .limits import StreamCheck
+    from .limits import StreamCheck, check as _check
 
 __all__ = ["Unpickler", "loads", "load"]
 
 _CHUNK = 1 << 16
+_DEFAULT_LIMITS = Limits()
+_NO_FILE = io.BytesIO()   # loads() hands its Unpickler the bytes directly
 # Errors the C engine raises on a malformed stream (rather than from code the stream calls).
 _ENGINE_ERRORS = (_pickle.UnpicklingError, ValueError, struct.error, IndexError, KeyError,
                   OverflowError, UnicodeDecodeError)
@@ -233,10 +235,10 @@ class Unpickler(_pickle.Unpickler):
             raise UnpicklingError(f"Unpickler.__init__() was not called by "
                                   f"{type(self).__name__}.__init__()") from None
         data, check = _read_pickle(file, self._limits, self._memo_entries)
-        return self._load_checked(data, check)
+        return self._load_checked(data, check.proto)
 
-    def _load_checked(self, data, check):
-        self._proto = check.proto
+    def _load_checked(self, data, proto: int):
+        self._proto = proto
         self._memo_entries += len(data)
         self._source.set(data)
         try:
@@ -246,7 +248,7 @@ class Unpickler(_pickle.Unpickler):
         except MasonError:
             raise
         except _ENGINE_ERRORS as exc:
-            raise _malformed(exc, check) from exc
+            raise _malformed(exc, data, self._limits) from exc
         except EOFError as exc:
             raise TruncatedPickleError(str(exc) or "pickle data was truncated") from exc
         except MemoryError as exc:
@@ -306,12 +308,21 @@ def _fix_python2_name(module: str, name: str) -> tuple[str, str]:
     return _compat_pickle.IMPORT_MAPPING.get(module, module), name
 
 
-def _malformed(exc: BaseException, check) -> MalformedPickleError:
-    where = f" (at the opcode at byte {check.stopped_at})" if check.stopped_at is not None else ""
+def _malformed(exc: BaseException, data, limits: Limits) -> MalformedPickleError:
+    """The engine's error on a bad stream, as a mason error that says where."""
+    # The engine does not say where it failed; on this error path, the full check finds
+    # the malformed opcode it stopped at, if any.
+    check = StreamCheck(limits.max_depth, limits.memo_slack)
+    try:
+        check.feed(data, 0)
+    except MasonError:
+        pass
+    offset = check.stopped_at
+    where = f" (at the opcode at byte {offset})" if offset is not None else ""
     message = str(exc) or type(exc).__name__
     if isinstance(exc, EOFError) or "truncated" in message:
-        return TruncatedPickleError(f"{message}{where}", check.stopped_at)
-    return MalformedPickleError(f"{message}{where}", check.stopped_at)
+        return TruncatedPickleError(f"{message}{where}", offset)
+    return MalformedPickleError(f"{message}{where}", offset)
 
 
 def _all_refused(first: UnsafeGlobalError, data, unpickler: Unpickler) -> UnsafeGlobalError:
@@ -358,25 +369,34 @@ def loads(data, /, *, fix_imports: bool = True, encoding: str = "ASCII",
     Arguments as for ``pickle.loads``, plus ``allow``, ``policy``, ``trusted``, ``renames``
     and ``limits`` as for ``Unpickler``.
     """
+    # This is the hot path: one compiled check, then the C engine.  Keep it short.
+    if limits is None:
+        limits = policy.limits if policy is not None else _DEFAULT_LIMITS
     if isinstance(data, str):
         raise TypeError("a bytes-like object is required, not 'str'")
-    policy_, limits_ = _make_policy(allow, policy, trusted, limits)
-    check, end = _check_bytes(data, limits_)
-    if end != len(data):
-        data = memoryview(data)[:end]
-    if not check.imports:
-        # No global, extension or persistent id: nothing in the stream can be called.
-        try:
+    packed = _check(data, limits.max_depth, limits.memo_slack)
+    if packed is None:
+        # Raises the truncation error with details, unless the full check stops earlier at a
+        # malformed opcode: then let the engine report it, on the policy path to be safe.
+        check, end = _check_bytes(data, limits)
+        packed = end << 10 | 3
+    if packed & 1:   # stopped at a malformed opcode: the engine must not read past it
+        data = memoryview(data)[:packed >> 10]
+    try:
+        if not packed & 2:
+            # No global, extension or persistent id: nothing in the stream can be called.
             return _pickle.loads(data, fix_imports=fix_imports, encoding=encoding,
                                  errors=errors, buffers=buffers)
-        except _ENGINE_ERRORS as exc:
-            raise _malformed(exc, check) from exc
-        except EOFError as exc:
-            raise TruncatedPickleError(str(exc)) from exc
-    unpickler = Unpickler(io.BytesIO(), fix_imports=fix_imports, encoding=encoding,
+    except _ENGINE_ERRORS as exc:
+        raise _malformed(exc, data, limits) from exc
+    except EOFError as exc:
+        raise TruncatedPickleError(str(exc)) from exc
+    if not packed & 1:
+        data = memoryview(data)[:packed >> 10]
+    unpickler = Unpickler(_NO_FILE, fix_imports=fix_imports, encoding=encoding,
                           errors=errors, buffers=buffers, allow=allow, policy=policy,
                           trusted=trusted, renames=renames, limits=limits)
-    return unpickler._load_checked(data, check)
+    return unpickler._load_checked(data, (packed >> 2) & 0xFF)
 
 
 def load(file, /, *, fix_imports: bool = True, encoding: str = "ASCII",

@@ -1,0 +1,147 @@
+"""Many processes and threads on one store: no lost write, no lost update, no lock error."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from mason.store import Store
+from store_helpers import python_env
+
+WRITER = r"""
+import sys, time
+from mason.store import Store
+location, wid, n, start_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+store = Store(location)
+while time.time() < start_at:   # start together, to collide as much as possible
+    time.sleep(0.001)
+for i in range(n):
+    store[(wid, i)] = {"writer": wid, "i": i, "pad": "x" * (i % 50)}
+    if i % 4 == 0:
+        with store.transaction():              # read-modify-write of one shared key
+            store["counter"] = store.get("counter", 0) + 1
+    if i % 10 == 0:
+        store.update({("batch", wid, i, j): j for j in range(5)})
+    if i % 25 == 0:
+        store.setdefault(("first", i), wid)
+        store.pop(("gone", wid), None)
+        len(store)
+store.close()
+print("done", wid)
+"""
+
+
+def _run_writers(location: str, writers: int, n: int) -> None:
+    start_at = time.time() + 1.5
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, location, str(w), str(n),
+                               str(start_at)], env=python_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for w in range(writers)]
+    failures = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        if proc.returncode != 0 or "done" not in out:
+            failures.append(f"exit {proc.returncode}:\n{out}\n{err}")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("writers", [4])
+def test_processes_write_concurrently(location, writers):
+    n = 200
+    Store(location).close()  # created before the race (opening concurrently is tested below)
+    _run_writers(location, writers, n)
+    with Store(location) as store:
+        for w in range(writers):
+            for i in range(n):
+                assert store[(w, i)] == {"writer": w, "i": i, "pad": "x" * (i % 50)}
+            for i in range(0, n, 10):
+                for j in range(5):
+                    assert store[("batch", w, i, j)] == j
+        assert store["counter"] == writers * len(range(0, n, 4)), "lost updates"
+        for i in range(0, n, 25):
+            assert store[("first", i)] in range(writers)
+        expected = writers * n + writers * len(range(0, n, 10)) * 5 + 1 + len(range(0, n, 25))
+        assert len(store) == expected
+
+
+def test_processes_create_the_store_concurrently(tmp_path):
+    location = str(tmp_path / "fresh.db")
+    _run_writers(location, 4, 20)
+    with Store(location) as store:
+        assert store["counter"] == 4 * 5
+        assert all(store[(w, i)]["i"] == i for w in range(4) for i in range(20))
+
+
+def test_threads_share_one_store(location):
+    threads_n, n = 8, 150
+    errors = []
+    with Store(location) as store:
+        store["counter"] = 0
+        barrier = threading.Barrier(threads_n)
+
+        def work(t):
+            try:
+                barrier.wait(10)
+                for i in range(n):
+                    store[(t, i)] = [t, i]
+                    if i % 5 == 0:
+                        with store.transaction():
+                            store["counter"] += 1
+                    if i % 30 == 0:
+                        assert store[(t, i)] == [t, i]
+                        sum(1 for _ in store.items())
+            except BaseException as exc:  # reported below
+                errors.append(repr(exc))
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(threads_n)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert not errors, errors
+        assert store["counter"] == threads_n * len(range(0, n, 5))
+        assert all(store[(t, i)] == [t, i] for t in range(threads_n) for i in range(n))
+
+
+def test_sqlite_thread_connections_are_closed_when_threads_end(sqlite_path):
+    with Store(sqlite_path) as store:
+        store["a"] = 1
+
+        def touch():
+            assert store["a"] == 1
+
+        for _ in range(20):
+            thread = threading.Thread(target=touch)
+            thread.start()
+            thread.join()
+        # one connection per live thread: the 20 finished threads left none behind
+        assert len(store._backend._conns) == 1
+
+
+def test_forked_child_uses_its_own_connection(location):
+    with Store(location) as store:
+        store["parent"] = 1
+        with store.transaction():
+            store["before fork"] = 2
+        pid = os.fork()
+        if pid == 0:  # the child: write through the inherited Store object, then leave
+            code = 1
+            try:
+                store["child"] = store["parent"] + 1
+                with store.transaction():
+                    store["child txn"] = 3
+                store.close()
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        # the parent's connection still works, and sees the child's writes
+        store["parent again"] = 4
+        assert store["child"] == 2 and store["child txn"] == 3
+        assert len(store) == 5

@@ -122,12 +122,11 @@ def _limits_status() -> str:
         compiled = "built"
     except ImportError as exc:
         compiled = f"not built ({type(exc).__name__})"
-    try:
-        from mason import unpickler
-        used = f"{unpickler.StreamCheck.__module__}.StreamCheck"
-    except (ImportError, AttributeError):
-        used = "?"
-    return f"mason._limits {compiled}; loads uses {used}"
+    from mason import unpickler
+    used = [f"{fn.__module__}.{getattr(fn, '__qualname__', fn.__name__)}"
+            for fn in (getattr(unpickler, "_check", None), getattr(unpickler, "StreamCheck", None))
+            if fn is not None]
+    return f"mason._limits {compiled}; the loads check uses {' and '.join(used) or '?'}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,11 +20,13 @@ from store_helpers import python_env
 # (a value row plus buffer rows, which must never be seen apart).
 WRITER = r"""
 import sys
+from pickle import PickleBuffer
 from mason.store import Store
 location, first = sys.argv[1], int(sys.argv[2])
 
 def value(i, j=0):
-    blob = bytearray((i * 7 + j + k) % 251 for k in range(20000 + i % 1000))  # out of band
+    # A PickleBuffer of 20 KB travels out of band (it loads back as the bytearray).
+    blob = PickleBuffer(bytearray((i * 7 + j + k) % 251 for k in range(20000 + i % 1000)))
     return {"i": i, "j": j, "blob": blob} if i % 3 == 2 else {"i": i, "j": j, "s": "v" * (i % 300)}
 
 store = Store(location)
@@ -77,6 +79,8 @@ def test_sigkill_loses_only_uncommitted_work(sqlite_path):
         # The store reopens clean after every kill, and everything committed is intact.
         conn = sqlite3.connect(sqlite_path)
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        # the out-of-band path is exercised: buffer rows exist beside the value rows
+        assert conn.execute('SELECT count(*) FROM "store_default_buffers"').fetchone()[0] > 0
         conn.close()
         with Store(sqlite_path) as store:
             for i in done:

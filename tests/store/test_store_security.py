@@ -26,7 +26,7 @@ def payloads(tmp_path):
             self.marker = marker
 
         def __reduce__(self):
-            return eval, (f"open({str(self.marker)!r}, 'w').close()",)
+            return eval, (f"__import__('pathlib').Path({str(self.marker)!r}).touch()",)
 
     class ViaOpen:
         def __init__(self, marker):

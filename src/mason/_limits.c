@@ -48,6 +48,7 @@ static unsigned char light[256];
 /* The whole size of an opcode the light pass only skips (no argument, or a fixed-size one
  * that it does not read, and no global), else 0. */
 static unsigned char step[256];
+#define STEP_LEN1 0xFF   /* in step[]: a 1-byte length follows, then that many bytes */
 static PyObject *LimitError;   /* mason.errors.LimitError */
 
 typedef struct {
@@ -700,6 +701,8 @@ load_table(void)
             light[code] = op->arg == ARG_LINE2 ? L_LINE2 : L_LINE;
         if ((light[code] == L_SKIP || light[code] == L_FIXED) && !op->imports)
             step[code] = (unsigned char)(1 + arg_size[op->arg]);
+        else if (op->arg == ARG_LEN1 && !op->imports)
+            step[code] = STEP_LEN1;
         kind[code] = K_GENERAL;
         if (op->imports || op->arg == ARG_LEN4_SIGNED || op->arg >= ARG_LINE)
             continue;
@@ -777,8 +780,11 @@ check(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (pos >= end)
             goto incomplete;
         const int code = buf[pos];
-        if (step[code]) {
-            pos += step[code];
+        const int skip = step[code];
+        if (skip) {
+            /* A 1-byte-length string is the other common opcode; a length that runs past
+             * the end leaves pos past it, which reads as incomplete above. */
+            pos += skip != STEP_LEN1 ? skip : (pos + 1 < end ? 2 + buf[pos + 1] : 2);
             continue;
         }
         const Py_ssize_t start = pos++;

@@ -76,7 +76,8 @@ class Policy:
     presets).  ``|`` combines policies; the result allows what either allows.
     """
 
-    __slots__ = ("_names", "_modules", "_substitutes", "limits")
+    __slots__ = ("_names", "_modules", "_substitutes", "limits", "_resolved", "_base",
+                 "__weakref__")
 
     def __init__(self, allow: Iterable[str] = (), *, limits: Limits | None = None,
                  substitutes: Mapping[str, Any] | None = None):
@@ -95,6 +96,8 @@ class Policy:
         self._modules = frozenset(modules)
         self._substitutes = dict(substitutes or {})
         self.limits = limits or DEFAULT_LIMITS
+        self._resolved: dict[tuple[str, str], Any] = {}
+        self._base = None
 
     @classmethod
     def default(cls) -> Policy:
@@ -147,7 +150,20 @@ class Policy:
         """Import and return the global ``module.qualname`` if the policy allows it.
 
         Raises ``UnsafeGlobalError`` when it does not (the caller adds the stream context).
+        What a policy resolved once it returns again without the walk: a policy never
+        changes, and loads of many small pickles name the same few globals again and again.
         """
+        key = (module, qualname)
+        try:
+            return self._resolved[key]
+        except KeyError:
+            pass
+        obj = self._resolve(module, qualname)
+        if len(self._resolved) < 4096:
+            self._resolved[key] = obj
+        return obj
+
+    def _resolve(self, module: str, qualname: str) -> Any:
         dotted = f"{module}.{qualname}"
         substitute = self._substitutes.get(dotted)
         if substitute is not None:

@@ -38,6 +38,7 @@ __all__ = ["Unpickler", "loads", "load"]
 
 _CHUNK = 1 << 16
 _DEFAULT_LIMITS = Limits()
+_DEFAULT_POLICY = Policy.default()
 _NO_FILE = io.BytesIO()   # loads() hands its Unpickler the bytes directly
 # Errors the C engine raises on a malformed stream (rather than from code the stream calls).
 _ENGINE_ERRORS = (_pickle.UnpicklingError, ValueError, struct.error, IndexError, KeyError,
@@ -54,8 +55,27 @@ def _make_policy(allow, policy, trusted, limits) -> tuple[Policy | None, Limits]
     elif not isinstance(policy, Policy):
         raise TypeError(f"policy must be a mason.Policy, not {type(policy).__name__}")
     if allow:
-        policy = policy | Policy(allow)
+        policy = _with_allowed(policy, allow)
     return policy, limits or policy.limits
+
+
+_COMBINED: dict[tuple, Policy] = {}
+
+
+def _with_allowed(policy: Policy, allow) -> Policy:
+    """``policy | Policy(allow)``, remembered: code passes the same allow= list on every call,
+    and a policy keeps what it has resolved, so reusing it saves work on every load."""
+    if isinstance(allow, str):
+        allow = (allow,)
+    key = (id(policy), tuple(allow))
+    combined = _COMBINED.get(key)
+    if combined is None or combined._base is not policy:
+        if len(_COMBINED) > 256:
+            _COMBINED.clear()
+        combined = policy | Policy(allow)
+        combined._base = policy
+        _COMBINED[key] = combined
+    return combined
 
 
 def _split_renames(renames: Mapping[str, str] | None) -> dict[str, str]:
@@ -63,10 +83,12 @@ def _split_renames(renames: Mapping[str, str] | None) -> dict[str, str]:
 
 
 class _Source:
-    """The file the C engine reads from: one checked pickle at a time, from memory.
+    """The file the C engine reads from: one checked pickle, from memory.
 
-    It offers ``peek``, so the engine takes the whole checked pickle in one call and reads it
-    in place; ``read`` then only tells it that the bytes were consumed.
+    The engine's first read calls ``peek``, which hands it the whole checked pickle; it then
+    reads in place and calls ``read`` only to say how much it consumed, discarding the
+    result.  Any other call comes after the pickle's end, where there is nothing more to
+    give: the stream is truncated, and an empty result makes the engine say so.
     """
 
     __slots__ = ("data", "pos")
@@ -80,27 +102,19 @@ class _Source:
         self.pos = 0
 
     def peek(self, n=0):
-        return self.data[self.pos:]
+        if self.pos == 0:
+            return self.data
+        return memoryview(self.data)[self.pos:]
 
     def read(self, n=-1):
-        start = self.pos
-        end = len(self.data) if n is None or n < 0 else min(len(self.data), start + n)
-        self.pos = end
-        return bytes(self.data[start:end])
+        self.pos = len(self.data) if n is None or n < 0 else min(len(self.data), self.pos + n)
+        return b""
 
     def readinto(self, buf):
-        chunk = self.read(len(buf))
-        buf[:len(chunk)] = chunk
-        return len(chunk)
+        return 0
 
     def readline(self):
-        data = self.data
-        if isinstance(data, (bytes, bytearray)):
-            nl = data.find(b"\n", self.pos)
-        else:
-            nl = bytes(data[self.pos:]).find(b"\n")
-            nl = -1 if nl < 0 else self.pos + nl
-        return self.read(-1 if nl < 0 else nl + 1 - self.pos)
+        return b""
 
 
 def _truncated(check_pos: int, data_len: int, need: int) -> TruncatedPickleError:
@@ -225,6 +239,26 @@ class Unpickler(_pickle.Unpickler):
         self._renames = _split_renames(renames)
         self._proto = 0
         self._memo_entries = 0  # memo entries written by earlier loads: the memo persists
+
+    # Defaults that loads() leaves in place (see _for_bytes); __init__ sets its own.
+    _fix_imports = True
+    _renames: dict[str, str] = {}
+    _proto = 0
+    _memo_entries = 0
+
+    @classmethod
+    def _for_bytes(cls, policy: Policy | None, limits: Limits) -> Unpickler:
+        """An Unpickler for loads() with pickle's default options, made with the least work:
+        making one costs more than loading a small pickle, and a C Unpickler cannot be
+        reused safely (its memo numbering survives memo.clear(), and a second __init__ may
+        crash it)."""
+        self = cls.__new__(cls)
+        source = _Source()
+        _pickle.Unpickler.__init__(self, source)
+        self._source = source
+        self._policy = policy
+        self._limits = limits
+        return self
 
     def load(self):
         """Read one pickle from the file and return the object it holds."""
@@ -391,11 +425,16 @@ def loads(data, /, *, fix_imports: bool = True, encoding: str = "ASCII",
         raise _malformed(exc, data, limits) from exc
     except EOFError as exc:
         raise TruncatedPickleError(str(exc)) from exc
-    if not packed & 1:
-        data = memoryview(data)[:packed >> 10]
-    unpickler = Unpickler(_NO_FILE, fix_imports=fix_imports, encoding=encoding,
-                          errors=errors, buffers=buffers, allow=allow, policy=policy,
-                          trusted=trusted, renames=renames, limits=limits)
+    if renames or buffers is not None or not fix_imports or encoding != "ASCII" \
+            or errors != "strict":
+        unpickler = Unpickler(_NO_FILE, fix_imports=fix_imports, encoding=encoding,
+                              errors=errors, buffers=buffers, allow=allow, policy=policy,
+                              trusted=trusted, renames=renames, limits=limits)
+    elif allow is None and policy is None and not trusted:
+        unpickler = Unpickler._for_bytes(_DEFAULT_POLICY, limits)
+    else:
+        policy, limits = _make_policy(allow, policy, trusted, limits)
+        unpickler = Unpickler._for_bytes(policy, limits)
     return unpickler._load_checked(data, (packed >> 2) & 0xFF)
 
 

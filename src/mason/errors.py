@@ -4,6 +4,8 @@
     ├── PicklingError        (also pickle.PicklingError)
     └── UnpicklingError      (also pickle.UnpicklingError)
         ├── UnsafeGlobalError     the stream names globals the policy does not allow
+        │   └── UnsafeCodeError   ... namely code pickled by value (functions, classes)
+        ├── SignatureError        a signed envelope is missing, altered, or the key is wrong
         ├── LimitError            the stream exceeds a resource limit (a bomb, or a knob to raise)
         └── MalformedPickleError  (also ValueError) the bytes are not a valid pickle
             └── TruncatedPickleError  (also EOFError) the stream ends early
@@ -45,6 +47,27 @@ class UnsafeGlobalError(UnpicklingError):
     @property
     def names(self) -> list[str]:
         return [name for name, _ in self.refused]
+
+
+class UnsafeCodeError(UnsafeGlobalError):
+    """The pickle carries code (a function or class pickled by value), which only a trusted
+    load (``trusted=True``) or a verified signature (``key=``) runs.
+
+    ``kind`` ("function", "class") and ``name`` ("module.qualname") say what it carries,
+    when the stream got far enough to say.
+    """
+
+    def __init__(self, message: str, refused: list[tuple[str, int | None]] = (), *,
+                 kind: str | None = None, name: str | None = None):
+        super().__init__(message, refused)
+        self.kind = kind
+        self.name = name
+
+
+class SignatureError(UnpicklingError):
+    """A signed pickle failed verification: no envelope where one was required, a truncated
+    or altered envelope, or a key that is not the one it was signed with.  Raised before a
+    single opcode of the pickle runs."""
 
 
 class LimitError(UnpicklingError):

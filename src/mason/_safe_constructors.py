@@ -118,12 +118,13 @@ def _bind_getattr(policy):
 enum_member.bind = _bind_getattr
 
 
-def type_of(obj):
+def type_of(*args):
     """builtins.type, as pickle uses it for ``type(None)``, ``type(...)`` and
     ``type(NotImplemented)``.  Called with three arguments type() builds a class; refused."""
-    if obj is None or obj is Ellipsis or obj is NotImplemented:
-        return type(obj)
-    _refuse(f"builtins.type called with {obj!r}: pickle only writes it for the types of "
+    if len(args) == 1 and (args[0] is None or args[0] is Ellipsis or args[0] is NotImplemented):
+        return type(args[0])
+    shown = ", ".join(repr(arg)[:40] for arg in args)
+    _refuse(f"builtins.type called with ({shown}): pickle only writes it for the types of "
             "None, Ellipsis and NotImplemented")
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import _compat_pickle
 import _pickle
+import copyreg
 import io
 import struct
 import sys
@@ -40,6 +41,7 @@ _CHUNK = 1 << 16
 _DEFAULT_LIMITS = Limits()
 _DEFAULT_POLICY = Policy.default()
 _NO_FILE = io.BytesIO()   # loads() hands its Unpickler the bytes directly
+_MISSING = object()
 # Errors the C engine raises on a malformed stream (rather than from code the stream calls).
 _ENGINE_ERRORS = (_pickle.UnpicklingError, ValueError, struct.error, IndexError, KeyError,
                   OverflowError, UnicodeDecodeError)
@@ -275,7 +277,10 @@ class Unpickler(_pickle.Unpickler):
         self._proto = proto
         self._memo_entries += len(data)
         self._source.set(data)
+        uncached = ()
         try:
+            if copyreg._inverted_registry and self._policy is not None:
+                uncached = self._check_extensions(data)
             return super().load()
         except UnsafeGlobalError as exc:
             raise _all_refused(exc, data, self) from None
@@ -289,6 +294,53 @@ class Unpickler(_pickle.Unpickler):
             raise LimitError("the pickle needs more memory than is available") from exc
         finally:
             self._source.set(b"")
+            for code in uncached:
+                # What the engine cached for these codes came from our policy (a stand-in,
+                # perhaps): it must not serve other unpicklers of the process.
+                copyreg._extension_cache.pop(code, None)
+
+    def _check_extensions(self, data) -> list[int]:
+        """Resolve the stream's extension codes through the policy, before the engine runs.
+
+        EXT1/EXT2/EXT4 name a global by its code in copyreg's extension registry.  CPython's
+        unpicklers share one cache of resolved codes (``copyreg._extension_cache``), and the
+        C engine takes a cached code without calling ``find_class``: a code that a trusted
+        load resolved elsewhere in the process would bypass the policy.  So every code of the
+        stream goes through ``find_class`` here, and the cache, where it has the code, must
+        hold exactly the object the policy gives.  A name the policy maps to a checked
+        stand-in is refused: the shared cache cannot be relied on to hand the engine the
+        stand-in rather than the real object.  Returns the codes that were not cached.
+
+        Only runs when the registry is not empty; CPython registers no extension itself.
+        """
+        from .format.reader import read_ops
+
+        uncached = []
+        for op in read_ops(data):
+            if op.opcode.name not in ("EXT1", "EXT2", "EXT4"):
+                continue
+            key = copyreg._inverted_registry.get(op.arg)
+            if key is None:
+                continue  # an unregistered code: the engine raises its own error
+            resolved = self.find_class(*key)  # refuses what the policy does not allow
+            plain = _pickle.Unpickler.find_class(self, *key)
+            dotted = ".".join(key)
+            if resolved is not plain:
+                raise UnsafeGlobalError(
+                    f"extension code {op.arg} at byte {op.offset} names {dotted}, which the "
+                    f"policy admits only through a checked stand-in; extension codes resolve "
+                    f"through a cache shared by every unpickler of the process, which cannot "
+                    f"hold the stand-in safely.  Load with trusted=True if you trust this "
+                    f"data.", [])
+            cached = copyreg._extension_cache.get(op.arg, _MISSING)
+            if cached is _MISSING:
+                uncached.append(op.arg)
+            elif cached is not resolved:
+                raise UnsafeGlobalError(
+                    f"extension code {op.arg} at byte {op.offset} names {dotted}, but the "
+                    f"process-wide extension cache holds {cached!r} for it (put there by "
+                    f"another unpickler); refusing it", [])
+        return uncached
 
     def find_class(self, module: str, name: str) -> Any:
         # The order is fixed: renames, then Python 2 names, then policy, then import.

@@ -28,7 +28,7 @@ enum { ROLE_PUSH, ROLE_BUILD, ROLE_EXTEND, ROLE_POP, ROLE_DUP, ROLE_MARK, ROLE_P
 static const int arg_size[] = {0, 1, 2, 4, 8, 1, 4, 4, 8, 0, 0};
 
 typedef struct {
-    unsigned char known, arg, role, pops, mark, imports;
+    unsigned char known, arg, role, pops, mark, imports, proto, is_str;
     PyObject *name;     /* the opcode's name, for messages */
 } OpInfo;
 
@@ -664,6 +664,8 @@ load_table(void)
         long mark = attr_long(entry, "mark");
         long imports = attr_long(entry, "imports");
         long persistent = attr_long(entry, "persistent");
+        long proto = attr_long(entry, "proto");
+        long is_str = attr_long(entry, "pushes_str");
         PyObject *name = PyObject_GetAttrString(entry, "name");
         Py_DECREF(entry);
         if (PyErr_Occurred() || name == NULL || code < 0 || code > 255) {
@@ -680,6 +682,8 @@ load_table(void)
         op->pops = (unsigned char)pops;
         op->mark = (unsigned char)mark;
         op->imports = (unsigned char)(imports || persistent);
+        op->proto = (unsigned char)proto;
+        op->is_str = (unsigned char)is_str;
         Py_XSETREF(op->name, name);
         if (op->role == ROLE_PUT)
             light[code] = op->arg >= ARG_LINE ? L_PUT_LINE : L_PUT_FIXED;
@@ -869,7 +873,135 @@ done:
     return ret;
 }
 
+
+/* global_names(data) -> list of (module, name), or None: see mason.limits.global_names. */
+static PyObject *
+global_names(PyObject *module, PyObject *data)
+{
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const unsigned char *buf = view.buf;
+    const Py_ssize_t end = view.len;
+    Py_ssize_t pos = 0;
+    /* The last two stack pushes, if they were str literals: offset and length of the text. */
+    Py_ssize_t s1 = -1, n1 = 0, s2 = -1, n2 = 0;
+    PyObject *names = PyList_New(0);
+    if (names == NULL)
+        goto fail;
+    for (;;) {
+        if (pos >= end)
+            goto unknown;
+        const int code = buf[pos];
+        const OpInfo *op = &ops[code];
+        /* The common opcodes first, as in check(): short str literals, and plain pushes. */
+        if (step[code] == STEP_LEN1 && op->is_str) {
+            if (pos + 1 >= end)
+                goto unknown;
+            s2 = s1; n2 = n1;
+            s1 = pos + 2;
+            n1 = buf[pos + 1];
+            pos += 2 + n1;
+            continue;
+        }
+        if (step[code] && step[code] != STEP_LEN1 && op->role != ROLE_PUT
+                && op->role != ROLE_MEMOIZE && op->role != ROLE_FRAME && op->role != ROLE_PROTO) {
+            s1 = s2 = -1;
+            pos += step[code];
+            continue;
+        }
+        if (!op->known)
+            goto unknown;
+        pos++;
+        Py_ssize_t arg_start = pos, arg_len = 0;
+        switch (op->arg) {
+        case ARG_NONE:
+            break;
+        case ARG_FIXED1: case ARG_FIXED2: case ARG_FIXED4: case ARG_FIXED8:
+            pos += arg_size[op->arg];
+            break;
+        case ARG_LEN1: case ARG_LEN4: case ARG_LEN4_SIGNED: case ARG_LEN8: {
+            const int size = arg_size[op->arg];
+            if (end - pos < size)
+                goto unknown;
+            const uint64_t length = read_le(buf + pos, size);
+            pos += size;
+            if (length > (uint64_t)(end - pos))
+                goto unknown;
+            arg_start = pos;
+            arg_len = (Py_ssize_t)length;
+            pos += arg_len;
+            break;
+        }
+        default: {
+            for (int i = op->arg == ARG_LINE2 ? 2 : 1; i > 0; i--) {
+                const unsigned char *nl = memchr(buf + pos, '\n', (size_t)(end - pos));
+                if (nl == NULL)
+                    goto unknown;
+                pos = (nl - buf) + 1;
+            }
+            arg_len = pos - arg_start;
+        }
+        }
+        if (pos > end)
+            goto unknown;
+        if (op->role == ROLE_STOP)
+            break;
+        if (op->role == ROLE_PUT || op->role == ROLE_MEMOIZE || op->role == ROLE_FRAME
+            || op->role == ROLE_PROTO)
+            continue;   /* they leave the stack as it is */
+        if (op->imports) {
+            PyObject *pair;
+            if (op->arg == ARG_LINE2 && op->role == ROLE_PUSH) {   /* GLOBAL */
+                const unsigned char *nl = memchr(buf + arg_start, '\n', (size_t)arg_len);
+                const Py_ssize_t mlen = nl - (buf + arg_start);
+                pair = Py_BuildValue("(NN)",
+                    PyUnicode_DecodeUTF8((const char *)buf + arg_start, mlen, "strict"),
+                    PyUnicode_DecodeUTF8((const char *)nl + 1, arg_len - mlen - 2, "strict"));
+            }
+            else if (op->arg == ARG_NONE && op->pops == 2 && s1 >= 0 && s2 >= 0) {   /* STACK_GLOBAL */
+                pair = Py_BuildValue("(NN)",
+                    PyUnicode_DecodeUTF8((const char *)buf + s2, n2, "surrogatepass"),
+                    PyUnicode_DecodeUTF8((const char *)buf + s1, n1, "surrogatepass"));
+            }
+            else
+                goto unknown;   /* INST, EXT*, persistent ids, names built at run time */
+            if (pair == NULL) {
+                PyErr_Clear();
+                goto unknown;
+            }
+            int failed = PyList_Append(names, pair);
+            Py_DECREF(pair);
+            if (failed)
+                goto fail;
+            s1 = s2 = -1;
+            continue;
+        }
+        /* Any other opcode changes the stack: remember it only if it pushed a str literal. */
+        s2 = s1; n2 = n1;
+        if (op->role == ROLE_PUSH && op->arg >= ARG_LEN1 && op->arg <= ARG_LEN8
+            && op->arg != ARG_LEN4_SIGNED && op->proto >= 1 && op->is_str) {
+            s1 = arg_start;
+            n1 = arg_len;
+        }
+        else
+            s1 = s2 = -1;
+    }
+    PyBuffer_Release(&view);
+    return names;
+unknown:
+    PyBuffer_Release(&view);
+    Py_XDECREF(names);
+    Py_RETURN_NONE;
+fail:
+    PyBuffer_Release(&view);
+    Py_XDECREF(names);
+    return NULL;
+}
+
 static PyMethodDef module_methods[] = {
+    {"global_names", (PyCFunction)global_names, METH_O,
+     "global_names(data): see mason.limits.global_names"},
     {"check", (PyCFunction)(void (*)(void))check, METH_FASTCALL,
      "check(data, max_depth, memo_slack): see mason.limits.check"},
     {NULL}

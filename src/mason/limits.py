@@ -341,3 +341,77 @@ def _memo_error(value: int, offset: int, name: str, slack: int) -> LimitError:
         f"hold (its offset plus memo_slack={slack}): an honest pickle numbers its memo 0, 1, "
         f"2, ..., so this stream is corrupt or hostile (raise limits=mason.Limits(memo_slack="
         f"...) only if you are sure)", offset)
+
+
+def global_names(data) -> list[tuple[str, str]] | None:
+    """Every global that a pickle names, as ``(module, name)`` in stream order, when each
+    can be read off the stream alone; ``None`` when one cannot.
+
+    GLOBAL carries its names inline; STACK_GLOBAL takes them from the stack, and a pickler
+    pushes them as two string literals right before it (memo writes may sit between).
+    Any other source (memo fetches, names built by calls, INST, extension codes, persistent
+    ids) gives ``None``.  A safe load whose names are all known and allowed, with no
+    checked stand-in among them, can go straight to the C engine: the engine imports
+    exactly these names, which the policy has already resolved to the same objects.
+    """
+    view = data if isinstance(data, bytes) else memoryview(data).cast("B")
+    end = len(view)
+    pos = 0
+    last = previous = None   # the text of the last two pushes, if they were str literals
+    names = []
+    while True:
+        if pos >= end:
+            return None
+        op = _TABLE[view[pos]]
+        if op is None:
+            return None
+        pos += 1
+        arg, role = op.arg, op.role
+        start, length = pos, 0
+        if arg is Arg.NONE:
+            pass
+        elif arg <= Arg.FIXED8:
+            pos += _ARG_SIZE[arg]
+        elif arg <= Arg.LEN8:
+            size = _ARG_SIZE[arg]
+            if end - pos < size:
+                return None
+            length = int.from_bytes(view[pos:pos + size], "little")
+            pos += size
+            if length > end - pos:
+                return None
+            start = pos
+            pos += length
+        else:
+            for _ in range(2 if arg is Arg.LINE2 else 1):
+                nl = _find_newline(view, pos, end)
+                if nl < 0:
+                    return None
+                pos = nl + 1
+            length = pos - start
+        if pos > end:
+            return None
+        if role is Role.STOP:
+            return names
+        if role in (Role.PUT, Role.MEMOIZE, Role.FRAME, Role.PROTO):
+            continue
+        if op.imports or op.persistent:
+            try:
+                if arg is Arg.LINE2 and role is Role.PUSH:   # GLOBAL
+                    module, name = bytes(view[start:pos - 1]).split(b"\n", 1)
+                    names.append((module.decode("utf-8"), name.decode("utf-8")))
+                elif arg is Arg.NONE and op.pops == 2 and last is not None \
+                        and previous is not None:           # STACK_GLOBAL
+                    names.append((previous.decode("utf-8", "surrogatepass"),
+                                  last.decode("utf-8", "surrogatepass")))
+                else:
+                    return None
+            except UnicodeDecodeError:
+                return None
+            last = previous = None
+            continue
+        previous = last
+        if role is Role.PUSH and op.pushes_str and Arg.LEN1 <= arg <= Arg.LEN8:
+            last = bytes(view[start:start + length])
+        else:
+            last = previous = None

@@ -76,8 +76,8 @@ class Policy:
     presets).  ``|`` combines policies; the result allows what either allows.
     """
 
-    __slots__ = ("_names", "_modules", "_substitutes", "limits", "_resolved", "_base",
-                 "__weakref__")
+    __slots__ = ("_names", "_modules", "_substitutes", "limits", "_resolved", "_plain",
+                 "_base", "__weakref__")
 
     def __init__(self, allow: Iterable[str] = (), *, limits: Limits | None = None,
                  substitutes: Mapping[str, Any] | None = None):
@@ -97,6 +97,7 @@ class Policy:
         self._substitutes = dict(substitutes or {})
         self.limits = limits or DEFAULT_LIMITS
         self._resolved: dict[tuple[str, str], Any] = {}
+        self._plain: dict[tuple[str, str], bool] = {}
         self._base = None
 
     @classmethod
@@ -145,6 +146,22 @@ class Policy:
             module, dot, _ = module.rpartition(".")
             if not dot:
                 return False
+
+    def loads_plainly(self, module: str, qualname: str) -> bool:
+        """Whether the global is allowed and loads as itself (no checked stand-in), so that
+        the C engine's own import of the name yields exactly what ``resolve`` would."""
+        key = (module, qualname)
+        plain = self._plain.get(key)
+        if plain is None:
+            plain = f"{module}.{qualname}" not in self._substitutes
+            if plain:
+                try:
+                    self.resolve(module, qualname)
+                except Exception:
+                    plain = False
+            if len(self._plain) < 4096:
+                self._plain[key] = plain
+        return plain
 
     def resolve(self, module: str, qualname: str) -> Any:
         """Import and return the global ``module.qualname`` if the policy allows it.

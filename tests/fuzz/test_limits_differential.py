@@ -8,6 +8,7 @@ The seed is fixed so that a failure reproduces; MASON_FUZZ_ITERATIONS raises the
 
 import collections
 import datetime
+import decimal
 import os
 import pickle
 import random
@@ -95,3 +96,21 @@ def test_compiled_and_reference_fast_checks_agree_on_mutated_streams():
         slack = rng.choice([0, 4, 1 << 20])
         assert check_outcome(_limits.check, data, depth, slack) == \
             check_outcome(limits.check, data, depth, slack), f"iteration {i}: {data!r}"
+
+
+def test_compiled_and_reference_global_names_agree_on_mutated_streams():
+    rng = random.Random(7)
+    seeds = corpus() + [pickle.dumps([collections.OrderedDict(), datetime.date(2026, 1, 1)], p)
+                        for p in range(6)]
+    for i in range(ITERATIONS):
+        data = mutate(rng, rng.choice(seeds), seeds)
+        assert _limits.global_names(data) == limits.global_names(data), f"iteration {i}: {data!r}"
+
+
+def test_global_names_reads_what_the_pickler_wrote():
+    obj = [collections.OrderedDict(a=datetime.date(2026, 1, 1)), decimal.Decimal("1.5")]
+    for proto in range(6):
+        names = limits.global_names(pickle.dumps(obj, proto))
+        assert names is not None
+        assert ("collections", "OrderedDict") in names and ("decimal", "Decimal") in names
+        assert names == _limits.global_names(pickle.dumps(obj, proto))

@@ -100,6 +100,7 @@ class Opcode:
     calls: bool          # calls an object from the stream
     persistent: bool     # asks the persistent_load hook for an object
     doc: str
+    pushes_str: bool = False  # pushes a str decoded from its argument (the unicode opcodes)
 
     @property
     def char(self) -> bytes:
@@ -123,6 +124,7 @@ def _entry(info: pickletools.OpcodeInfo) -> Opcode:
         role=role, pops=pops, mark=mark, pushes=len(info.stack_after), proto=info.proto,
         imports=info.name in _IMPORTS, calls=info.name in _CALLS,
         persistent=info.name in _PERSISTENT, doc=info.doc,
+        pushes_str=[st.name for st in info.stack_after] == ["str"] and not before,
     )
 
 

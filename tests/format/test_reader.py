@@ -272,8 +272,12 @@ def test_every_bytes_like_input_gives_the_same_ops(tmp_path):
 def test_protocol_0_lines_through_memoryview():
     data = pickle.dumps({"k": [1.5, "v" * 500]}, protocol=0)
     assert list(read_ops(memoryview(data))) == list(read_ops(data))
-    words = array.array("b", data)
-    assert list(read_ops(words)) == list(read_ops(data))
+    # Items of other formats are read as their bytes; signed ones must not give negative codes.
+    signed = pickle.dumps({"k": [1.5, "v" * 500]}, protocol=4)
+    assert signed[0] >= 0x80
+    for view in (array.array("b", signed), memoryview(signed).cast("c"),
+                 memoryview(array.array("b", signed))):
+        assert list(read_ops(view)) == list(read_ops(signed))
     with pytest.raises(TypeError):
         read_ops(data.decode("latin-1"))
 

@@ -1,8 +1,9 @@
 """Bytes -> opcodes: a fast decoder for pickle streams.
 
 ``read_ops(data)`` yields one ``Op(offset, opcode, arg, end)`` per opcode, with the argument
-decoded as ``pickletools.genops`` decodes it, at several times its speed.  It reads bytes,
-bytearray, memoryview and mmap in place: nothing is copied but the arguments it returns.
+decoded as ``pickletools.genops`` decodes it, but faster (see ``benchmarks/bench_decode.py``)
+and without copying large payloads.  It reads bytes, bytearray, memoryview and mmap in place:
+nothing is copied but the arguments it returns.
 
 Where it differs from ``pickletools`` on purpose:
 
@@ -186,55 +187,6 @@ def _table() -> list:
 _TABLE = _table()
 
 
-# --- errors -------------------------------------------------------------------------------
-
-def _truncated(op: Opcode, offset: int, what: str) -> TruncatedPickleError:
-    return TruncatedPickleError(
-        f"pickle data was truncated: {op.name} at byte {offset} {what}", offset)
-
-
-def _bytes(count: int) -> str:
-    return "1 byte" if count == 1 else f"{count} bytes"
-
-
-def _malformed(op: Opcode, offset: int, what: str) -> MalformedPickleError:
-    return MalformedPickleError(f"malformed pickle: {op.name} at byte {offset} {what}", offset)
-
-
-# --- input buffers ------------------------------------------------------------------------
-
-def _buffers(data):
-    """Returns ``(buf, find_newline)`` for any bytes-like input, without copying it.
-
-    ``buf`` is indexed (giving ints), sliced and given to ``struct``; slicing it must not copy
-    a bytearray twice, so a bytearray is sliced through a memoryview.  ``find_newline(pos)``
-    finds the next b"\\n", which memoryview cannot do by itself.
-    """
-    if isinstance(data, (bytes, mmap.mmap)):
-        return data, lambda pos: data.find(b"\n", pos)
-    if isinstance(data, bytearray):
-        return memoryview(data), lambda pos: data.find(b"\n", pos)
-    if isinstance(data, str):
-        raise TypeError("read_ops() needs a bytes-like object, not str")
-    view = memoryview(data)
-    if view.ndim != 1 or view.itemsize != 1:
-        view = view.cast("B")
-
-    def find_newline(pos: int) -> int:
-        # Look in chunks that double in size: lines are short, and a hostile stream with one
-        # enormous line still costs only linear time.
-        size = 64
-        while pos < len(view):
-            found = bytes(view[pos:pos + size]).find(b"\n")
-            if found >= 0:
-                return pos + found
-            pos += size
-            size *= 2
-        return -1
-
-    return view, find_newline
-
-
 # The decoding loop's views of the table, as plain lists indexed by the opcode byte.  The loop
 # decodes the frequent, fixed-shape kinds inline and hands everything else (long payloads,
 # lines, frames, unknown bytes) to ``_decode_one``, the careful path; ``K_SLOW`` marks those.
@@ -272,67 +224,6 @@ def _malformed(op: Opcode, offset: int, what: str) -> MalformedPickleError:
 def _buffers(data):
     """Returns ``(buf, find_newline)`` for any bytes-like input, without copying it.
 
-    ``buf`` is indexed (giving ints), sliced and given to ``struct``; slicing it must not copy
-    a bytearray twice, so a bytearray is sliced through a memoryview.  ``find_newline(pos)``
-    finds the next b"\\n", which memoryview cannot do by itself.
-    """
-    if isinstance(data, (bytes, mmap.mmap)):
-        return data, lambda pos: data.find(b"\n", pos)
-    if isinstance(data, bytearray):
-        return memoryview(data), lambda pos: data.find(b"\n", pos)
-    if isinstance(data, str):
-        raise TypeError("read_ops() needs a bytes-like object, not str")
-    view = memoryview(data)
-    if view.ndim != 1 or view.itemsize != 1:
-        view = view.cast("B")
-
-    def find_newline(pos: int) -> int:
-        # Look in chunks that double in size: lines are short, and a hostile stream with one
-        # enormous line still costs only linear time.
-        size = 64
-        while pos < len(view):
-            found = bytes(view[pos:pos + size]).find(b"\n")
-            if found >= 0:
-                return pos + found
-            pos += size
-            size *= 2
-        return -1
-
-    return view, find_newline
-
-
-# The decoding loop's views of the table, as plain lists indexed by the opcode byte.  The loop
-# decodes the frequent, fixed-shape kinds inline and hands everything else (long payloads,
-# lines, frames, unknown bytes) to ``_decode_one``, the careful path; ``K_SLOW`` marks those.
-K_SLOW = 255
-_INLINE = {K_NONE, K_U1, K_LEN1, K_I4, K_U4, K_U2, K_F8, K_STOP}
-_OPS = [entry and entry[0] for entry in _TABLE]
-_DECODERS = [entry and entry[2] for entry in _TABLE]
-_KINDS = [entry[1] if entry and entry[1] in _INLINE else K_SLOW for entry in _TABLE]
-# With a threshold under 255 even a 1-byte length may call for a Payload: all careful path.
-_KINDS_SMALL_THRESHOLD = [K_SLOW if kind == K_LEN1 else kind for kind in _KINDS]
-
-
-# --- errors -------------------------------------------------------------------------------
-
-def _truncated(op: Opcode, offset: int, what: str) -> TruncatedPickleError:
-    return TruncatedPickleError(
-        f"pickle data was truncated: {op.name} at byte {offset} {what}", offset)
-
-
-def _bytes(count: int) -> str:
-    return "1 byte" if count == 1 else f"{count} bytes"
-
-
-def _malformed(op: Opcode, offset: int, what: str) -> MalformedPickleError:
-    return MalformedPickleError(f"malformed pickle: {op.name} at byte {offset} {what}", offset)
-
-
-# --- input buffers ------------------------------------------------------------------------
-
-def _buffers(data):
-    """Returns ``(buf, find_newline)`` for any bytes-like input, without copying it.
-
     ``buf`` is indexed (giving ints), sliced and given to ``struct``.  A bytearray is sliced
     through a memoryview, so that an argument is copied once (by its decoder), not twice.
     ``find_newline(pos)`` finds the next b"\\n", which a memoryview cannot do by itself.
@@ -344,8 +235,8 @@ def _buffers(data):
     if isinstance(data, str):
         raise TypeError("read_ops() needs a bytes-like object, not str")
     view = memoryview(data)
-    if view.ndim != 1 or view.itemsize != 1:
-        view = view.cast("B")
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")  # indexing must give unsigned bytes, whatever the input's items
 
     def find_newline(pos: int) -> int:
         # Look in chunks that double in size: lines are short, and a hostile stream with one

@@ -338,7 +338,7 @@ def test_truncated_streams_record_the_error_and_the_globals_before_it():
     (b"(Nd.", "DICT at byte 2 has an odd number of items"),
     (b"h\x05.", "BINGET at byte 0 reads memo entry 5"),
     (b"\x80\x09N.", "PROTO at byte 0 declares protocol 9"),
-    (b"(o.", "OBJ at byte 1 needs 1 objects above the MARK"),
+    (b"(o.", "OBJ at byte 1 needs 1 object above the MARK"),
     (b"Np-1\n.", "PUT at byte 1 has a negative memo index"),
 ])
 def test_broken_stack_discipline_is_an_error_naming_opcode_and_offset(data, fragment):

@@ -206,6 +206,10 @@ class _Break(Exception):
     """The stream breaks at the current opcode; the message says why."""
 
 
+def _objects(count: int) -> str:
+    return "1 object" if count == 1 else f"{count} objects"
+
+
 _CONSTANTS = {
     "NONE": lambda: None, "NEWTRUE": lambda: True, "NEWFALSE": lambda: False,
     "EMPTY_LIST": list, "EMPTY_DICT": dict, "EMPTY_TUPLE": tuple, "EMPTY_SET": set,
@@ -277,7 +281,7 @@ class _Machine:
     def _pop_n(self, count: int) -> list:
         stack = self.stack
         if len(stack) - count < self._fence():
-            raise _Break(f"needs {count} objects on the stack")
+            raise _Break(f"needs {_objects(count)} on the stack")
         items = stack[len(stack) - count:]
         del stack[len(stack) - count:]
         return items
@@ -287,7 +291,7 @@ class _Machine:
         if op.mark:
             items = self._pop_above_mark()
             if len(items) < op.pops:
-                raise _Break(f"needs {op.pops} objects above the MARK")
+                raise _Break(f"needs {_objects(op.pops)} above the MARK")
             return items
         return self._pop_n(op.pops)
 

@@ -222,7 +222,6 @@ def test_extension_codes():
         copyreg.remove_extension(__name__, "Point", 0xABCD)
     assert b"\x83\xcd\xab" in data
     run = simulate(data)
-    assert run.unresolved == [] or isinstance(run.unresolved[0], Extension)
     (ext,) = run.unresolved  # no longer registered here: the code names nothing we know
     assert isinstance(ext, Extension) and ext.code == 0xABCD and ext.opcode_name == "EXT2"
     copyreg.add_extension(__name__, "Point", 0xABCD)

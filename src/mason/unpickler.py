@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .errors import (LimitError, MalformedPickleError, MasonError, TruncatedPickleError,
-                     UnpicklingError, UnsafeGlobalError)
+                     UnpicklingError, UnsafeCodeError, UnsafeGlobalError)
 from .limits import NEED_LINE, Limits
 from .policy import Policy
 
@@ -282,6 +282,8 @@ class Unpickler(_pickle.Unpickler):
             if copyreg._inverted_registry and self._policy is not None:
                 uncached = self._check_extensions(data)
             return super().load()
+        except UnsafeCodeError:
+            raise
         except UnsafeGlobalError as exc:
             raise _all_refused(exc, data, self) from None
         except MasonError:
@@ -351,7 +353,17 @@ class Unpickler(_pickle.Unpickler):
         if self._proto < 3 and self._fix_imports:
             module, name = _fix_python2_name(module, name)
         sys.audit("pickle.find_class", module, name)
-        return self._policy.resolve(module, name)
+        try:
+            return self._policy.resolve(module, name)
+        except UnsafeGlobalError:
+            if module.startswith("mason."):
+                # mason's own by-value and signing names: a stand-in that refuses with what
+                # the pickle carries (code, a signature) and how to load it.
+                from .byvalue import refusal_stand_in
+                stand_in = refusal_stand_in(module, name)
+                if stand_in is not None:
+                    return stand_in
+            raise
 
     def _refused_names(self, data) -> list[tuple[str, int | None]]:
         """Every global of ``data`` this unpickler's policy refuses, with its offset."""
@@ -449,12 +461,18 @@ def loads(data, /, *, fix_imports: bool = True, encoding: str = "ASCII",
           errors: str = "strict", buffers: Iterable[Any] | None = None,
           allow: Iterable[str] | None = None, policy: Policy | None = None,
           trusted: bool = False, renames: Mapping[str, str] | None = None,
-          limits: Limits | None = None) -> Any:
+          limits: Limits | None = None, key=None) -> Any:
     """Load an object from pickle bytes, calling only what the policy allows.
 
     Arguments as for ``pickle.loads``, plus ``allow``, ``policy``, ``trusted``, ``renames``
-    and ``limits`` as for ``Unpickler``.
+    and ``limits`` as for ``Unpickler``.  ``key``: the data is a signed envelope
+    (``mason.dumps(obj, key=...)``); it is verified before anything of it runs, and a valid
+    signature loads trusted (unless ``allow`` or ``policy`` is given).
     """
+    if key is not None:
+        from .signing import open_envelope
+        data = open_envelope(data, key)   # SignatureError unless verified
+        trusted = trusted or (allow is None and policy is None)
     # This is the hot path: one compiled check, then the C engine.  Keep it short.
     if limits is None:
         limits = policy.limits if policy is not None else _DEFAULT_LIMITS
@@ -503,6 +521,8 @@ def _engine_loads(data, limits, fix_imports, encoding, errors, buffers):
     try:
         return _pickle.loads(data, fix_imports=fix_imports, encoding=encoding,
                              errors=errors, buffers=buffers)
+    except MasonError:
+        raise   # raised by mason's own reconstructors: already says what is wrong
     except _ENGINE_ERRORS as exc:
         raise _malformed(exc, data, limits) from exc
     except EOFError as exc:
@@ -526,11 +546,19 @@ def load(file, /, *, fix_imports: bool = True, encoding: str = "ASCII",
          errors: str = "strict", buffers: Iterable[Any] | None = None,
          allow: Iterable[str] | None = None, policy: Policy | None = None,
          trusted: bool = False, renames: Mapping[str, str] | None = None,
-         limits: Limits | None = None) -> Any:
+         limits: Limits | None = None, key=None) -> Any:
     """Load one object from a binary file, calling only what the policy allows.
 
     Reads exactly one pickle and leaves the file just after it, as ``pickle.load`` does.
+    ``key``: as for ``loads`` (the file holds a signed envelope).
     """
+    if key is not None:
+        from .signing import read_envelope
+        data = read_envelope(file, key)   # SignatureError unless verified
+        return loads(data, fix_imports=fix_imports, encoding=encoding, errors=errors,
+                     buffers=buffers, allow=allow, policy=policy,
+                     trusted=trusted or (allow is None and policy is None),
+                     renames=renames, limits=limits)
     return Unpickler(file, fix_imports=fix_imports, encoding=encoding, errors=errors,
                      buffers=buffers, allow=allow, policy=policy, trusted=trusted,
                      renames=renames, limits=limits).load()

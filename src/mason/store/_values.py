@@ -14,11 +14,13 @@ the database is not trusted, so hostile bytes planted in it are refused like any
 
 from __future__ import annotations
 
+import io
+import threading
 from pickle import PickleBuffer
 from typing import Any, Iterable
 
 from ..limits import Limits
-from ..pickler import dumps
+from ..pickler import Pickler
 from ..policy import Policy
 from ..unpickler import loads
 
@@ -26,6 +28,48 @@ __all__ = ["Codec", "OOB_MIN", "make_policy"]
 
 # Buffers at least this large travel out of band.
 OOB_MIN = 16 * 1024
+# A thread's pickler is dropped after a pickle this large, so its buffer does not stay around.
+_KEEP_MAX = 1 << 20
+
+
+class _Packer:
+    """One thread's pickler, kept between values.
+
+    Building a ``mason.Pickler`` costs more than pickling a small record, so each thread keeps
+    one, writing into its own ``BytesIO``, and clears its memo between values: every value
+    is still a complete, standalone pickle, byte for byte what ``mason.dumps`` writes.
+    """
+
+    __slots__ = ("file", "pickler", "buffers", "busy")
+
+    def __init__(self):
+        self.file = io.BytesIO()
+        self.buffers: list[memoryview] = []
+        self.busy = False
+        self.pickler = Pickler(self.file, 5, buffer_callback=self.take)
+
+    def take(self, buf: PickleBuffer):
+        try:
+            view = buf.raw()
+        except BufferError:  # not contiguous: the pickler copies it in band
+            return True
+        if view.nbytes < OOB_MIN:
+            return True
+        self.buffers.append(view)
+        return False
+
+    def pack(self, value: Any) -> tuple[bytes, list[memoryview]]:
+        self.pickler.dump(value)
+        data = self.file.getvalue()
+        buffers = self.buffers
+        self.buffers = []
+        self.file.seek(0)
+        self.file.truncate()
+        self.pickler.clear_memo()
+        return data, buffers
+
+
+_local = threading.local()
 
 
 def make_policy(allow: Iterable[str] | None, preset, policy: Policy | None,
@@ -65,19 +109,22 @@ class Codec:
     def pack(value: Any) -> tuple[bytes, list[memoryview]]:
         """``(pickle, buffers)``: the protocol 5 pickle and its out-of-band buffers, as
         memoryviews of the value's own memory (no copy; keep ``value`` alive until written)."""
-        buffers: list[memoryview] = []
-
-        def take(buf: PickleBuffer):
-            try:
-                view = buf.raw()
-            except BufferError:  # not contiguous: the pickler copies it in band
-                return True
-            if view.nbytes < OOB_MIN:
-                return True
-            buffers.append(view)
-            return False
-
-        data = dumps(value, 5, buffer_callback=take)
+        packer = getattr(_local, "packer", None)
+        if packer is None or packer.busy:  # first use in this thread, or re-entered
+            packer = _Packer()
+            if getattr(_local, "packer", None) is None:
+                _local.packer = packer
+        packer.busy = True
+        try:
+            data, buffers = packer.pack(value)
+        except BaseException:
+            if getattr(_local, "packer", None) is packer:
+                _local.packer = None  # a failed dump may leave it half-way: start afresh
+            raise
+        finally:
+            packer.busy = False
+        if len(data) > _KEEP_MAX and getattr(_local, "packer", None) is packer:
+            _local.packer = None
         return data, buffers
 
     def load(self, data, buffers=None) -> Any:

@@ -406,7 +406,7 @@ class _Context:
     """State of one Pickler's by-value reductions.  Holds no reference to the pickler (a
     weak one only), so a pickler and what it pickled are freed without the cycle collector."""
 
-    __slots__ = ("pickler", "globals_ref", "cells", "__weakref__")
+    __slots__ = ("pickler", "globals_ref", "cells", "headers", "__weakref__")
 
     def __init__(self, pickler=None):
         self.pickler = weakref.ref(pickler) if pickler is not None else None
@@ -415,6 +415,17 @@ class _Context:
         # keeps its id from being reused while the pickler lives.
         self.globals_ref: dict[int, tuple[dict, dict]] = {}
         self.cells: dict[int, _EmptyCell] = {}
+        # One header per (kind, module, qualname): the pickler memoizes it, so a thousand
+        # lambdas of one name carry one header call.
+        self.headers: dict[tuple, _Call] = {}
+
+    def header(self, kind: str, module, qualname) -> _Call:
+        key = (kind, module, qualname)
+        header = self.headers.get(key)
+        if header is None:
+            header = self.headers[key] = _Call(
+                _header, (FORMAT, TAG, kind, _istr(module), _istr(qualname)))
+        return header
 
     def dispatch_table_has(self, t) -> bool:
         """Whether the pickler's own dispatch_table (or copyreg's) has a reducer for ``t``:
@@ -495,7 +506,7 @@ _EMPTY = _EmptyType()
 
 
 def _reduce_function(func, ctx):
-    if importable(func):
+    if id(func) in _OWN or importable(func):
         return NotImplemented
     code = func.__code__
     info = _code_info(code)
@@ -554,7 +565,7 @@ def _reduce_function(func, ctx):
         if submodules:
             extra = extra or {}
             extra["_submodules"] = submodules
-    header = _Call(_header, (FORMAT, TAG, "function", _istr(module), _istr(qualname)))
+    header = ctx.header("function", module, qualname)
     kwdefaults = func.__kwdefaults__
     if kwdefaults:
         kwdefaults = {_istr(k): v for k, v in kwdefaults.items()}
@@ -614,20 +625,52 @@ _class_lock = threading.RLock()
 # every process (so pickles are deterministic), a loaded class keeps the key it came with
 # (so loading the same class again yields the same class object), and two live classes of
 # identical definition (made by one factory) still get different keys.
-_KEY_OF: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Keyed by id, not by the class: a metaclass may make its classes unhashable.
+_KEY_OF: dict[int, tuple[weakref.ref, str]] = {}
 _BY_KEY: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 # Classes of this process that were pickled by value (not rebuilt from a pickle): loading
 # them here yields them unchanged.
-_ORIGINALS: weakref.WeakSet = weakref.WeakSet()
+_ORIGINALS: dict[int, weakref.ref] = {}
+
+
+def _key_of(obj) -> str | None:
+    entry = _KEY_OF.get(id(obj))
+    if entry is not None and entry[0]() is obj:
+        return entry[1]
+    return None
+
+
+def _set_key(obj, key: str, original: bool) -> None:
+    """Record ``key`` for ``obj`` (under ``_class_lock``); entries leave with the object."""
+    ident = id(obj)
+
+    def forget(_ref, ident=ident):
+        entry = _KEY_OF.get(ident)
+        if entry is not None and entry[0]() is None:
+            del _KEY_OF[ident]
+        ref = _ORIGINALS.get(ident)
+        if ref is not None and ref() is None:
+            del _ORIGINALS[ident]
+
+    ref = weakref.ref(obj, forget)
+    _KEY_OF[ident] = (ref, key)
+    _BY_KEY[key] = obj
+    if original:
+        _ORIGINALS[ident] = ref
+
+
+def _is_original(obj) -> bool:
+    ref = _ORIGINALS.get(id(obj))
+    return ref is not None and ref() is obj
 
 
 def _class_key(cls) -> str:
-    key = _KEY_OF.get(cls)
+    key = _key_of(cls)
     if key is not None:
         return key
     digest = _definition_digest(cls)
     with _class_lock:
-        key = _KEY_OF.get(cls)
+        key = _key_of(cls)
         if key is None:
             ordinal = 0
             while True:
@@ -635,9 +678,7 @@ def _class_key(cls) -> str:
                 if _BY_KEY.get(key) is None:
                     break
                 ordinal += 1
-            _KEY_OF[cls] = key
-            _BY_KEY[key] = cls
-            _ORIGINALS.add(cls)
+            _set_key(cls, key, original=True)
     return key
 
 
@@ -735,26 +776,27 @@ def _is_dunder(name: str) -> bool:
 def _reduce_class(cls, ctx):
     if importable(cls):
         return NotImplemented
+    meta = type(cls)
+    if meta is not type and ctx.dispatch_table_has(meta):
+        return NotImplemented  # copyreg / dispatch_table reduce this metaclass's classes
     if not cls.__flags__ & _HEAPTYPE:
         name = _BUILTIN_TYPE_NAMES.get(cls)
         if name is not None:
             return _builtin_type, (name,)
         return NotImplemented  # a static type we cannot rebuild: pickle says why
     if isinstance(cls, enum.EnumMeta):
-        return _reduce_enum(cls)
+        return _reduce_enum(cls, ctx)
     if _is_namedtuple(cls):
-        return _reduce_namedtuple(cls)
+        return _reduce_namedtuple(cls, ctx)
     key = _class_key(cls)
     namespace, attrs, extra = _class_state(cls)
     bases = cls.__dict__.get("__orig_bases__", cls.__bases__)
-    meta = type(cls)
-    header = _Call(_header, (FORMAT, TAG, "class", _istr(cls.__module__),
-                             _istr(cls.__qualname__)))
+    header = ctx.header("class", cls.__module__, cls.__qualname__)
     return (_make_class, (header, meta, _istr(cls.__name__), bases, namespace, key),
             (attrs, extra), None, None, _class_setstate)
 
 
-def _reduce_enum(cls):
+def _reduce_enum(cls, ctx):
     key = _class_key(cls)
     members = [(_istr(name), member._value_) for name, member in cls.__members__.items()]
     skip = set(cls.__members__) | _ENUM_INTERNALS
@@ -775,8 +817,7 @@ def _reduce_enum(cls):
         extra = extra or {}
         extra["members"] = member_dicts
     attrs.update(namespace)
-    header = _Call(_header, (FORMAT, TAG, "class", _istr(cls.__module__),
-                             _istr(cls.__qualname__)))
+    header = ctx.header("class", cls.__module__, cls.__qualname__)
     return (_make_enum, (header, cls.__bases__, _istr(cls.__name__), _istr(cls.__qualname__),
                          _istr(cls.__module__), members, key),
             (attrs, extra), None, None, _class_setstate)
@@ -800,7 +841,7 @@ def _is_namedtuple(cls) -> bool:
     return issubclass(cls, tuple) and "_fields" in d and "_make" in d and "__new__" in d
 
 
-def _reduce_namedtuple(cls):
+def _reduce_namedtuple(cls, ctx):
     """A namedtuple class is made again by ``collections.namedtuple``; what the class body
     added (typing.NamedTuple methods, a docstring) is set afterwards."""
     key = _class_key(cls)
@@ -818,8 +859,7 @@ def _reduce_namedtuple(cls):
             if type(value) is not types.GetSetDescriptorType:
                 attrs[_istr(name)] = _canonical(value)
     defaults = tuple(cls._field_defaults[f] for f in fields if f in cls._field_defaults)
-    header = _Call(_header, (FORMAT, TAG, "class", _istr(cls.__module__),
-                             _istr(cls.__qualname__)))
+    header = ctx.header("class", cls.__module__, cls.__qualname__)
     return (_make_namedtuple, (header, _istr(cls.__name__), fields, defaults or None,
                                _istr(cls.__module__), _istr(cls.__qualname__), key),
             (attrs, extra), None, None, _class_setstate)
@@ -893,7 +933,7 @@ def _reduce_typevar(obj, ctx):
 
 
 def _typevar_key(obj) -> str:
-    key = _KEY_OF.get(obj)
+    key = _key_of(obj)
     if key is not None:
         return key
     digest = hashlib.sha256(repr((
@@ -901,14 +941,13 @@ def _typevar_key(obj) -> str:
         repr(obj.__bound__), repr(getattr(obj, "__constraints__", ())), obj.__covariant__,
         obj.__contravariant__)).encode()).hexdigest()[:32]
     with _class_lock:
-        key = _KEY_OF.get(obj)
+        key = _key_of(obj)
         if key is None:
             ordinal = 0
             while _BY_KEY.get(f"{digest}-{ordinal}") is not None:
                 ordinal += 1
             key = f"{digest}-{ordinal}"
-            _KEY_OF[obj] = key
-            _BY_KEY[key] = obj
+            _set_key(obj, key, original=True)
     return key
 
 
@@ -1079,8 +1118,7 @@ def _track(key, cls):
         existing = _BY_KEY.get(key)
         if existing is not None:
             return existing
-        _BY_KEY[key] = cls
-        _KEY_OF[cls] = key
+        _set_key(cls, key, original=False)
         return cls
 
 
@@ -1123,7 +1161,7 @@ def _make_namedtuple(header, name, fields, defaults, module, qualname, key):
 
 
 def _class_setstate(cls, state):
-    if cls in _ORIGINALS:
+    if _is_original(cls):
         return cls  # this process's own class, pickled and loaded here: already complete
     attrs, extra = state
     for name, value in attrs.items():
@@ -1242,3 +1280,9 @@ def refusal_stand_in(module: str, name: str):
         from .signing import signed
         return signed  # it only ever raises: "this pickle is signed, pass key="
     return None
+
+
+# The ids of this module's own functions (the rebuild functions every by-value payload names):
+# they are importable by construction, and pickled by name without a check.
+_OWN = frozenset(id(value) for value in list(globals().values())
+                 if isinstance(value, types.FunctionType) and value.__module__ == __name__)

@@ -27,8 +27,9 @@ three to four times slower on 100 KB values), and ``value`` / ``data`` come last
 so reading ``nbuf`` never walks a large value's overflow pages.  Reads go through a memory
 map of the file (``mmap_size``), which saves a system call per page of a large value.
 
-Triggers delete a key's buffers whenever its row is replaced or deleted, inside the same
-statement, so a value and its buffers can never disagree.
+A key's buffers are written in the same transaction as its row, overwriting the old ones in
+place; triggers delete the buffers a row no longer has (fewer buffers, or the row deleted)
+inside the same statement, so a value and its buffers can never disagree.
 """
 
 from __future__ import annotations
@@ -155,7 +156,9 @@ class SQLiteBackend:
                          "nbuf = excluded.nbuf")
         self._sql_put0 = (f"INSERT INTO {self._t} (key, value, nbuf) VALUES (?, ?, 0) "
                           "ON CONFLICT(key) DO UPDATE SET value = excluded.value, nbuf = 0")
-        self._sql_buf = f"INSERT INTO {self._b} (key, idx, readonly, data) VALUES (?, ?, ?, ?)"
+        self._sql_buf = (f"INSERT INTO {self._b} (key, idx, readonly, data) VALUES (?, ?, ?, ?) "
+                         "ON CONFLICT(key, idx) DO UPDATE SET readonly = excluded.readonly, "
+                         "data = excluded.data")
         self._sql_del = f"DELETE FROM {self._t} WHERE key = ?"
         self._lock = threading.Lock()
         self._conns: dict[int, tuple[sqlite3.Connection, int]] = {}
@@ -248,9 +251,9 @@ class SQLiteBackend:
             conn.execute(f"CREATE TABLE IF NOT EXISTS {b} (key BLOB NOT NULL, "
                          "idx INTEGER NOT NULL, readonly INTEGER NOT NULL, data BLOB NOT NULL, "
                          "PRIMARY KEY (key, idx))")
-            conn.execute(f'CREATE TRIGGER IF NOT EXISTS {trig}_replaced" AFTER UPDATE OF value '
-                         f"ON {t} WHEN old.nbuf > 0 BEGIN "
-                         f"DELETE FROM {b} WHERE key = old.key; END")
+            conn.execute(f'CREATE TRIGGER IF NOT EXISTS {trig}_replaced" AFTER UPDATE OF nbuf, '
+                         f"value ON {t} WHEN old.nbuf > new.nbuf BEGIN "
+                         f"DELETE FROM {b} WHERE key = old.key AND idx >= new.nbuf; END")
             conn.execute(f'CREATE TRIGGER IF NOT EXISTS {trig}_deleted" AFTER DELETE '
                          f"ON {t} WHEN old.nbuf > 0 BEGIN "
                          f"DELETE FROM {b} WHERE key = old.key; END")
@@ -352,7 +355,8 @@ class SQLiteBackend:
 
     def _put_with_buffers(self, conn, key, data, buffers) -> None:
         conn.execute(self._sql_put, (key, data, len(buffers)))
-        # The trigger removed the old value's buffers (if any); a new key has none.
+        # The old value's buffers are overwritten in place (same pages when the sizes match),
+        # and the trigger removed those beyond the new count.
         conn.executemany(self._sql_buf, [(key, i, int(view.readonly), view)
                                          for i, view in enumerate(buffers)])
 

@@ -95,7 +95,8 @@ SAMPLES: dict[str, list] = {
                                     datetime.datetime(2024, 6, 1, 12,
                                                       tzinfo=zoneinfo.ZoneInfo("Asia/Tokyo"))],
     "decimal.Decimal": [decimal.Decimal("3.14159"), decimal.Decimal("-0"),
-                        decimal.Decimal("Infinity"), decimal.Decimal("1E+999999"),
+                        decimal.Decimal("Infinity"), decimal.Decimal("1E+4000"),
+                        decimal.Decimal("-1E-999999"), decimal.Decimal("NaN"),
                         decimal.Decimal(2) ** 200],
     "fractions.Fraction": [fractions.Fraction(1, 3), fractions.Fraction(-7, 2**70),
                            fractions.Fraction(0)],
@@ -289,3 +290,13 @@ def test_enum_members_through_getattr_when_the_enum_is_allowed():
     form in which an enum member can be written by hand -- resolves to the member."""
     data = b"\x80\x04cbuiltins\ngetattr\ncuuid\nSafeUUID\nX\x04\x00\x00\x00safe\x86R."
     assert mason.loads(data) is uuid.SafeUUID.safe
+
+
+def test_decimal_beyond_the_int_digit_limit_needs_allow():
+    """A Decimal with more integer digits than the interpreter parses into an int is refused
+    by default (int() of it runs for minutes), and loads when decimal.Decimal is allowed."""
+    huge = decimal.Decimal("1E+999999")
+    data = pickle.dumps(huge)
+    with pytest.raises(mason.LimitError, match="allow 'decimal.Decimal'"):
+        mason.loads(data)
+    assert mason.loads(data, allow=["decimal.Decimal"]) == huge

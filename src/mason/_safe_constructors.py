@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copyreg
 import enum
+import sys
 
 from .errors import LimitError, UnsafeGlobalError
 
@@ -154,15 +155,41 @@ bounded_bytearray = _bounded_fill(bytearray)
 
 
 def fraction(*args):
-    """fractions.Fraction from what pickle writes: a 'n/d' string or two ints.  Fraction()
-    also parses '1e100000000', which computes a 100-million-digit power of ten."""
+    """fractions.Fraction from what pickle writes: two ints (Python 3.11 on) or a 'n/d'
+    string (earlier Pythons).  Fraction() also parses '1e100000000', and converts a Decimal
+    exactly: either way it computes a 100-million-digit integer, for minutes."""
     import fractions
     import re
+    if not all(isinstance(arg, (int, str)) for arg in args):
+        _refuse(f"fractions.Fraction called with {', '.join(type(a).__name__ for a in args)}: "
+                "pickle writes fractions as two ints or as 'numerator/denominator'")
     if len(args) == 1 and isinstance(args[0], str) \
             and not re.fullmatch(r"\s*[-+]?\d+(/\d+)?\s*", args[0]):
         _refuse(f"fractions.Fraction({args[0][:40]!r}) refused: pickle writes fractions as "
                 "'numerator/denominator'")
     return fractions.Fraction(*args)
+
+
+def decimal_(*args):
+    """decimal.Decimal, refusing magnitudes that the allowed int() would expand for minutes.
+
+    A Decimal is digits and an exponent, so Decimal('1e100000000') is small; but int() of it
+    (int is allowed) writes out every digit, in time quadratic in their number: 25 s for
+    10**6 digits.  A Decimal whose integer part has more digits than the interpreter parses
+    into an int (``sys.get_int_max_str_digits()``, 4300 by default) is refused; allow
+    "decimal.Decimal" explicitly to lift the cap.
+    """
+    import decimal
+    value = decimal.Decimal(*args)
+    limit = sys.get_int_max_str_digits()
+    if limit and value.is_finite() and value.adjusted() >= limit:
+        raise LimitError(f"Decimal with {value.adjusted() + 1} integer digits refused: int() "
+                         f"of it would take minutes (the interpreter parses ints of at most "
+                         f"{limit} digits); allow 'decimal.Decimal' if this data is honest")
+    return value
+
+
+decimal_.__name__ = decimal_.__qualname__ = "Decimal"
 
 
 # dotted name -> the stand-in that the default policy resolves it to
@@ -177,4 +204,5 @@ SAFE_SUBSTITUTES = {
     "builtins.bytes": bounded_bytes,
     "builtins.bytearray": bounded_bytearray,
     "fractions.Fraction": fraction,
+    "decimal.Decimal": decimal_,
 }

@@ -475,6 +475,8 @@ def loads(data, /, *, fix_imports: bool = True, encoding: str = "ASCII",
         trusted = trusted or (allow is None and policy is None)
     # This is the hot path: one compiled check, then the C engine.  Keep it short.
     if limits is None:
+        if policy is not None and not isinstance(policy, Policy):
+            raise TypeError(f"policy must be a mason.Policy, not {type(policy).__name__}")
         limits = policy.limits if policy is not None else _DEFAULT_LIMITS
     if isinstance(data, str):
         raise TypeError("a bytes-like object is required, not 'str'")
@@ -542,7 +544,7 @@ def _load_plainly(policy: Policy, names, proto: int, fix_imports: bool) -> bool:
     return True
 
 
-def load(file, /, *, fix_imports: bool = True, encoding: str = "ASCII",
+def load(file, *, fix_imports: bool = True, encoding: str = "ASCII",
          errors: str = "strict", buffers: Iterable[Any] | None = None,
          allow: Iterable[str] | None = None, policy: Policy | None = None,
          trusted: bool = False, renames: Mapping[str, str] | None = None,

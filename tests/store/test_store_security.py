@@ -150,3 +150,31 @@ def test_damaged_buffers_are_reported(tmp_path):
     with Store(path) as store:
         with pytest.raises(mason.store.StoreError, match="damaged"):
             store["big"]
+
+
+@pytest.mark.parametrize("planted", ["a text value", 12345, 1.5, b""])
+def test_values_of_the_wrong_kind_are_errors_not_crashes(tmp_path, planted):
+    path = str(tmp_path / "store.db")
+    with Store(path) as store:
+        store["k"] = 0
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute('UPDATE "store_default" SET value = ? WHERE key = ?',
+                     (planted, encode_key("k")))
+    conn.close()
+    with Store(path) as store:
+        with pytest.raises((mason.store.StoreError, mason.UnpicklingError)):
+            store["k"]
+        with pytest.raises((mason.store.StoreError, mason.UnpicklingError)):
+            list(store.items())
+
+
+def test_empty_redis_value_is_an_error(redis_url):
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    client.hset(b"mason:{default}", encode_key("k"), b"")
+    with Store(redis_url) as store:
+        with pytest.raises(mason.UnpicklingError):
+            store["k"]
+    client.close()

@@ -236,7 +236,7 @@ class RedisBackend:
         frame = self._r.hget(self._hash, key)
         if frame is None:
             return None
-        if frame[0] != _FRAME:
+        if not frame or frame[0] != _FRAME:
             return frame, None
         return split_frame(frame)
 
@@ -377,7 +377,7 @@ class RedisBackend:
             yield
         except BaseException:
             self._local.txn = None
-            self._release(keys=[self._lock], args=[token])
+            self._release_quietly(token)
             raise
         self._local.txn = None
         if txn.lost:
@@ -393,7 +393,7 @@ class RedisBackend:
         try:
             done = self._commit(keys=self._keys, args=args)
         except BaseException:
-            self._release(keys=[self._lock], args=[token])
+            self._release_quietly(token)
             raise
         if done != 1:
             raise TransactionLostError(
@@ -401,6 +401,14 @@ class RedisBackend:
                 f"lock_ttl={self.lock_ttl_ms / 1000:g} s and the lock expired before it "
                 "committed: nothing of it was written (raise Store(..., lock_ttl=) for longer "
                 "transactions)")
+
+    def _release_quietly(self, token: bytes) -> None:
+        # On the way out of a failed transaction: the error that brought us here is the one
+        # to report; if the server cannot be told, the lock expires after lock_ttl anyway.
+        try:
+            self._release(keys=[self._lock], args=[token])
+        except self._redis.RedisError:
+            pass
 
     def in_transaction(self) -> bool:
         return getattr(self._local, "txn", None) is not None

@@ -317,6 +317,8 @@ class SQLiteBackend:
         if row is None:
             return None
         if not row[0]:
+            if row[1].__class__ is not bytes:
+                raise self._damaged(f"a value is stored as {type(row[1]).__name__}, not a blob")
             return row[1], None
         # The value has out-of-band buffers: read it again with them, in one statement (one
         # snapshot), so a writer replacing it in between cannot pair it with other buffers.
@@ -327,12 +329,18 @@ class SQLiteBackend:
         if not rows:
             return None
         nbuf, value = rows[0][0], rows[0][1]
+        if value.__class__ is not bytes or any(
+                data is not None and data.__class__ is not bytes for *_, data in rows):
+            raise self._damaged("a value or one of its buffers is not stored as a blob")
         buffers = [data if readonly else bytearray(data)
                    for _, _, readonly, data in rows if data is not None]
         if len(buffers) != nbuf:
-            raise StoreError(f"the store {self.path} is damaged: a value has {len(buffers)} "
-                             f"of its {nbuf} out-of-band buffers")
+            raise self._damaged(f"a value has {len(buffers)} of its {nbuf} out-of-band buffers")
         return value, buffers
+
+    def _damaged(self, what: str) -> StoreError:
+        return StoreError(f"the store {self.path} is damaged: {what} (was the file written by "
+                          "something other than mason?)")
 
     def contains(self, key: bytes) -> bool:
         conn = self._conn()
@@ -431,6 +439,9 @@ class SQLiteBackend:
                 rows = self._retry(lambda: conn.execute(sql_next, (last,)).fetchall())
             for key, value, nbuf in rows:
                 if not nbuf:
+                    if value.__class__ is not bytes:
+                        raise self._damaged(f"a value is stored as {type(value).__name__}, "
+                                            "not a blob")
                     yield key, value, None
                     continue
                 found = self._get_with_buffers(conn, key)

@@ -292,7 +292,7 @@ class Store(MutableMapping):
         except ImportError as exc:
             raise StoreError(f"{path} is a {kind} database, and this Python has no {kind} "
                              f"module to read it with ({exc})") from exc
-        except dbm.error[0] if isinstance(dbm.error, tuple) else dbm.error as exc:
+        except dbm.error as exc:  # a tuple: dbm's own error and OSError
             raise StoreError(f"cannot open the shelf {path}: {exc}") from exc
         store = None
         try:

@@ -758,6 +758,9 @@ def _class_state(cls, skip=frozenset()):
             attrs[name] = _interned(value)  # __match_args__ and the like: names
         else:
             attrs[name] = _canonical(value)
+    qualname = getattr(cls, "__qualname__", None)
+    if type(qualname) is str and "__qualname__" not in skip:
+        namespace["__qualname__"] = _intern(qualname)  # kept by the type, not in its dict
     extra = None
     if isinstance(cls, abc.ABCMeta):
         attrs.pop("_abc_impl", None)

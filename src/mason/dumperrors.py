@@ -385,11 +385,16 @@ def _mro_names(t) -> set[str]:
 def _problem(obj, path, exc, by_value) -> Unpicklable:
     t = type(obj)
     error = str(exc) or type(exc).__name__
-    why, fix = _why(obj, t, by_value)
+    why, fix = _why(obj, t, by_value, error)
     return Unpicklable(path, _type_name(t), error, why, fix.format(type=_type_name(t)))
 
 
-def _why(obj, t, by_value):
+def _why(obj, t, by_value, error=""):
+    if "__slots__" in error and "__getstate__" in error:
+        return ("protocols 0 and 1 pickle an instance through its __dict__, and this class "
+                "has __slots__",
+                "pickle with protocol 2 or higher (mason's default is 5), or give the class "
+                "__getstate__ / __setstate__")
     names = _mro_names(t)
     module = getattr(t, "__module__", "") or ""
     if names & {"_thread.lock", "_thread.RLock", "threading.RLock", "threading._RLock",

@@ -34,12 +34,6 @@ typedef struct {
 
 static OpInfo ops[256];
 
-/* Common opcode shapes get a case of their own in the scan loop, so that the usual opcode
- * costs one table lookup and one branch; everything else takes the general path. */
-enum { K_GENERAL, K_PUSH, K_PUSH_FIXED, K_PUSH_LEN, K_BUILD, K_EXTEND, K_EXTEND_MARK,
-       K_MARK, K_MEMOIZE, K_GET_FIXED, K_FRAME };
-static unsigned char kind[256];
-
 /* The light pass (see check() below) needs only how to skip each opcode's argument and
  * which few opcodes matter to it. */
 enum { L_UNKNOWN, L_SKIP, L_FIXED, L_LEN, L_LEN4_SIGNED, L_LINE, L_LINE2, L_PUT_FIXED,
@@ -242,109 +236,6 @@ scan(StreamCheck *self, const unsigned char *buf, Py_ssize_t end, Py_ssize_t *po
             MORE(pos, 1);
         const int code = buf[pos];
         const Py_ssize_t start = pos++;
-
-        /* Fast cases: each does exactly what the general path below does for its shape. */
-        switch (kind[code]) {
-        case K_PUSH:
-            PUSH(1);
-            continue;
-        case K_PUSH_FIXED: {
-            const int size = arg_size[ops[code].arg];
-            if (end - pos < size) MORE(start, size - (end - pos));
-            pos += size;
-            PUSH(1);
-            continue;
-        }
-        case K_PUSH_LEN: {
-            const int size = arg_size[ops[code].arg];
-            if (end - pos < size) MORE(start, size - (end - pos));
-            const uint64_t length = read_le(buf + pos, size);
-            pos += size;
-            const uint64_t have = (uint64_t)(end - pos);
-            if (length > have) {
-                const uint64_t missing = length - have;
-                MORE(start, missing > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)missing);
-            }
-            pos += (Py_ssize_t)length;
-            PUSH(1);
-            continue;
-        }
-        case K_BUILD: {
-            const Py_ssize_t base = n - ops[code].pops;
-            if (base < FENCE())
-                STOP_AT(start);
-            const int32_t depth = max_of(st + base, ops[code].pops) + 1;
-            if (depth > self->max_depth) {
-                depth_error(self, code, start);
-                goto error;
-            }
-            n = base;
-            st[n++] = depth;
-            continue;
-        }
-        case K_EXTEND: {
-            const Py_ssize_t base = n - ops[code].pops;
-            if (base < FENCE())
-                STOP_AT(start);
-            int32_t depth = max_of(st + base + 1, ops[code].pops - 1) + 1;
-            if (st[base] > depth)
-                depth = st[base];
-            if (depth > self->max_depth) {
-                depth_error(self, code, start);
-                goto error;
-            }
-            n = base;
-            st[n++] = depth;
-            continue;
-        }
-        case K_EXTEND_MARK: {
-            if (!self->nmarks)
-                STOP_AT(start);
-            const Py_ssize_t height = self->marks[self->nmarks - 1];
-            if (height <= (self->nmarks > 1 ? self->marks[self->nmarks - 2] : 0)) {
-                self->nmarks--;
-                n = height;
-                STOP_AT(start);
-            }
-            self->nmarks--;
-            int32_t depth = max_of(st + height, n - height) + 1;
-            if (st[height - 1] > depth)
-                depth = st[height - 1];
-            if (depth > self->max_depth) {
-                depth_error(self, code, start);
-                goto error;
-            }
-            n = height;
-            st[n - 1] = depth;
-            continue;
-        }
-        case K_MARK:
-            if (self->nmarks >= self->capmarks
-                && grow_slow((void **)&self->marks, &self->capmarks, self->nmarks + 1, sizeof(Py_ssize_t)) < 0)
-                goto error;
-            self->marks[self->nmarks++] = n;
-            continue;
-        case K_MEMOIZE:
-            if (n <= FENCE())
-                STOP_AT(start);
-            if (memo_store(self, self->memo_len, st[n - 1]) < 0)
-                goto error;
-            continue;
-        case K_GET_FIXED: {
-            const int size = arg_size[ops[code].arg];
-            if (end - pos < size) MORE(start, size - (end - pos));
-            const uint64_t idx = read_le(buf + pos, size);
-            pos += size;
-            PUSH(idx < (uint64_t)self->capmemo && self->memo[idx] != 0 ? self->memo[idx] : 1);
-            continue;
-        }
-        case K_FRAME:
-            if (end - pos < 8) MORE(start, 8 - (end - pos));
-            pos += 8;
-            continue;
-        default:
-            break;
-        }
 
         const OpInfo *op = &ops[code];
         int64_t value = 0;
@@ -707,25 +598,6 @@ load_table(void)
             step[code] = (unsigned char)(1 + arg_size[op->arg]);
         else if (op->arg == ARG_LEN1 && !op->imports)
             step[code] = STEP_LEN1;
-        kind[code] = K_GENERAL;
-        if (op->imports || op->arg == ARG_LEN4_SIGNED || op->arg >= ARG_LINE)
-            continue;
-        if (op->role == ROLE_PUSH)
-            kind[code] = op->arg == ARG_NONE ? K_PUSH : op->arg <= ARG_FIXED8 ? K_PUSH_FIXED : K_PUSH_LEN;
-        else if (op->arg != ARG_NONE) {
-            if (op->role == ROLE_GET)
-                kind[code] = K_GET_FIXED;
-            else if (op->role == ROLE_FRAME)
-                kind[code] = K_FRAME;
-        }
-        else if (op->role == ROLE_BUILD && !op->mark && op->pops > 0)
-            kind[code] = K_BUILD;
-        else if (op->role == ROLE_EXTEND)
-            kind[code] = op->mark ? K_EXTEND_MARK : K_EXTEND;
-        else if (op->role == ROLE_MARK)
-            kind[code] = K_MARK;
-        else if (op->role == ROLE_MEMOIZE)
-            kind[code] = K_MEMOIZE;
     }
     Py_DECREF(it);
     return PyErr_Occurred() ? -1 : 0;

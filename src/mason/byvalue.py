@@ -617,6 +617,8 @@ def _submodules(info: _CodeInfo, *groups) -> list | None:
 # Classes
 
 _HEAPTYPE = 1 << 9
+# Static types pickle saves by itself (as type(None), ...) though they have no name to import.
+_SAVED_BY_PICKLE = frozenset({type(None), type(NotImplemented), type(Ellipsis)})
 _BUILTIN_TYPE_NAMES = {value: name for name, value in vars(types).items()
                        if type(value) is type and not importable(value)}
 _class_lock = threading.RLock()
@@ -783,6 +785,8 @@ def _reduce_class(cls, ctx):
     if meta is not type and ctx.dispatch_table_has(meta):
         return NotImplemented  # copyreg / dispatch_table reduce this metaclass's classes
     if not cls.__flags__ & _HEAPTYPE:
+        if cls in _SAVED_BY_PICKLE:
+            return NotImplemented
         name = _BUILTIN_TYPE_NAMES.get(cls)
         if name is not None:
             return _builtin_type, (name,)
@@ -911,7 +915,14 @@ def _reduce_mappingproxy(obj, ctx):
 def _reduce_descriptor(obj, ctx):
     if ctx.dispatch_table_has(type(obj)):
         return NotImplemented
-    return getattr, (obj.__objclass__, _istr(obj.__name__))
+    # Not getattr(cls, name): for type.__dict__["__dict__"] that runs the descriptor.
+    return _class_attribute, (obj.__objclass__, _istr(obj.__name__))
+
+
+def _reduce_weakset(obj, ctx):
+    if ctx.dispatch_table_has(type(obj)):
+        return NotImplemented
+    return type(obj), (list(obj),)
 
 
 def _reduce_memoryview(obj, ctx):
@@ -986,11 +997,15 @@ def _reduce_dict_view(kind: str, ordered: bool):
     return reduce
 
 
-def _reduce_global(name: str):
+def _reduce_global(name):
     """Singletons of the standard library that must stay themselves (dataclasses compares
-    fields against them with ``is``): written as the global they are."""
+    fields against them with ``is``): written as the global they are (pickle would write a
+    new instance)."""
     def reduce(obj, ctx):
-        return name if isinstance(name, str) else name(obj)
+        attr = name if isinstance(name, str) else name(obj)
+        if getattr(dataclasses, attr, None) is obj:
+            return attr
+        return NotImplemented
     return reduce
 
 
@@ -1013,6 +1028,7 @@ _REDUCERS: dict[type, typing.Callable] = {
     types.GetSetDescriptorType: _reduce_descriptor,
     types.MemberDescriptorType: _reduce_descriptor,
     memoryview: _reduce_memoryview,
+    weakref.WeakSet: _reduce_weakset,
     typing.TypeVar: _reduce_typevar,
     typing.ParamSpec: _reduce_typevar,
     io.TextIOWrapper: _reduce_text_file,
@@ -1216,6 +1232,10 @@ def _make_module(fmt, name, namespace):
 
 def _builtin_type(name):
     return getattr(types, name)
+
+
+def _class_attribute(cls, name):
+    return cls.__dict__[name]
 
 
 def _make_cached_property(func, attrname, doc):

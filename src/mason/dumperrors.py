@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copyreg
 import functools
-import io
 import pickle
 import sys
 import types

@@ -56,6 +56,22 @@ SAFE_DATA_NAMES = (
 )
 
 
+# Values of the default policy whose iteration is not bounded by the size of the stream: an
+# IPv6Network("::/0") holds 2**128 addresses.  Handed to a constructor that iterates its
+# argument, one is a memory bomb of a few dozen bytes, so the unpickler checks a stream that
+# names one (Unpickler._check_lazy_iterables), and the fast path of loads() leaves it alone.
+LAZY_ITERABLES = frozenset({("ipaddress", "IPv4Network"), ("ipaddress", "IPv6Network")})
+# Allowed (or commonly allowed) constructors that iterate an argument to the end.
+ITERATING_CONSTRUCTORS = frozenset({
+    ("builtins", "list"), ("builtins", "tuple"), ("builtins", "set"),
+    ("builtins", "frozenset"), ("builtins", "dict"), ("builtins", "bytes"),
+    ("builtins", "bytearray"), ("builtins", "sorted"), ("builtins", "sum"),
+    ("builtins", "min"), ("builtins", "max"), ("builtins", "any"), ("builtins", "all"),
+    ("collections", "deque"), ("collections", "Counter"), ("collections", "OrderedDict"),
+    ("collections", "defaultdict"), ("time", "struct_time"), ("array", "array"),
+})
+
+
 def _split(entry: str) -> str:
     """Normalise an allow entry: "module:qual.name" and "module.qual.name" mean the same."""
     entry = entry.strip()
@@ -153,7 +169,8 @@ class Policy:
         key = (module, qualname)
         plain = self._plain.get(key)
         if plain is None:
-            plain = f"{module}.{qualname}" not in self._substitutes
+            plain = f"{module}.{qualname}" not in self._substitutes \
+                and (module, qualname) not in LAZY_ITERABLES
             if plain:
                 try:
                     self.resolve(module, qualname)

@@ -28,7 +28,7 @@ from typing import Any
 from .errors import (LimitError, MalformedPickleError, MasonError, TruncatedPickleError,
                      UnpicklingError, UnsafeCodeError, UnsafeGlobalError)
 from .limits import NEED_LINE, Limits
-from .policy import Policy
+from .policy import ITERATING_CONSTRUCTORS, LAZY_ITERABLES, Policy
 
 try:
     from ._limits import StreamCheck, check as _check, global_names as _global_names
@@ -247,6 +247,7 @@ class Unpickler(_pickle.Unpickler):
     _renames: dict[str, str] = {}
     _proto = 0
     _memo_entries = 0
+    _lazy_checked = False
 
     @classmethod
     def _for_bytes(cls, policy: Policy | None, limits: Limits) -> Unpickler:
@@ -275,6 +276,7 @@ class Unpickler(_pickle.Unpickler):
 
     def _load_checked(self, data, proto: int):
         self._proto = proto
+        self._lazy_checked = False
         self._memo_entries += len(data)
         self._source.set(data)
         uncached = ()
@@ -354,7 +356,11 @@ class Unpickler(_pickle.Unpickler):
             module, name = _fix_python2_name(module, name)
         sys.audit("pickle.find_class", module, name)
         try:
-            return self._policy.resolve(module, name)
+            obj = self._policy.resolve(module, name)
+            if (module, name) in LAZY_ITERABLES and not self._lazy_checked:
+                self._lazy_checked = True
+                self._check_lazy_iterables(self._source.data)
+            return obj
         except UnsafeGlobalError:
             if module.startswith("mason."):
                 # mason's own by-value and signing names: a stand-in that refuses with what
@@ -364,6 +370,48 @@ class Unpickler(_pickle.Unpickler):
                 if stand_in is not None:
                     return stand_in
             raise
+
+    def _check_lazy_iterables(self, data) -> None:
+        """Refuse a stream that hands an unbounded iterable to a constructor that iterates.
+
+        ``policy.LAZY_ITERABLES`` (IP networks) are values of the default policy, but
+        IPv6Network("::/0") holds 2**128 addresses: ``list(IPv4Network("0.0.0.0/0"))`` is a
+        59-byte pickle that allocates until the process dies.  No honest pickle passes a
+        network to list(), set(), deque() and the like, so the first time a load resolves a
+        network class, the stream is run symbolically (``format.machine``, which calls
+        nothing) and such a call is refused.  Streams that name no network never pay this.
+        """
+        from .format.machine import Call, Global, simulate
+
+        run = simulate(data)
+        python2 = run.protocol < 3 and self._fix_imports
+
+        def name_of(node) -> tuple[str, str] | None:
+            if not isinstance(node, Global):
+                return None
+            module, name = node.module, node.name
+            if self._renames:
+                module, name = _rename(self._renames, module, name)
+            if python2:
+                module, name = _fix_python2_name(module, name)
+            return module, name
+
+        def makes_lazy(call) -> bool:
+            # the class called directly or by NEWOBJ, or handed to copyreg's reconstructors
+            first = call.args[0] if isinstance(call.args, tuple) and call.args else None
+            return name_of(call.func) in LAZY_ITERABLES or name_of(first) in LAZY_ITERABLES
+
+        lazy = {id(call) for call in run.calls if makes_lazy(call)}
+        for call in run.calls:
+            func = name_of(call.func)
+            if func in ITERATING_CONSTRUCTORS and isinstance(call.args, tuple):
+                for arg in call.args:
+                    if isinstance(arg, Call) and id(arg) in lazy:
+                        raise LimitError(
+                            f"{'.'.join(func)}() at byte {call.offset} would iterate an IP "
+                            f"network built at byte {arg.offset}: a network may hold up to "
+                            f"2**128 addresses, and pickle never writes this call",
+                            call.offset)
 
     def _refused_names(self, data) -> list[tuple[str, int | None]]:
         """Every global of ``data`` this unpickler's policy refuses, with its offset."""

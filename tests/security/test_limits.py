@@ -11,6 +11,7 @@ far below what the stream asks for: the check refused it before anything was all
 from __future__ import annotations
 
 import json
+import pickle
 import os
 import struct
 import subprocess
@@ -19,7 +20,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from hostile import (APPEND, REDUCE, STOP, TUPLE1, binunicode, global_, proto, stack_global)
+from hostile import (APPEND, REDUCE, STOP, TUPLE1, binunicode, global_, proto, stack_global,
+                     unicode0)
 
 import mason
 
@@ -123,6 +125,18 @@ BOMBS = {
     + REDUCE + STOP,
     "Fraction('1e100000000')": proto(2) + global_("fractions", "Fraction")
     + binunicode("1e100000000") + TUPLE1 + REDUCE + STOP,
+    # IP networks are values of the default policy, and iterate over every address
+    "list(IPv4Network('0.0.0.0/0'))": proto(2) + global_("builtins", "list")
+    + global_("ipaddress", "IPv4Network") + binunicode("0.0.0.0/0") + TUPLE1 + REDUCE
+    + TUPLE1 + REDUCE + STOP,
+    "set(IPv6Network('::/0')), protocol 4": proto(4) + stack_global("builtins", "set")
+    + stack_global("ipaddress", "IPv6Network") + binunicode("::/0") + TUPLE1 + REDUCE
+    + TUPLE1 + REDUCE + STOP,
+    "Python 2 list() of a memoized network": global_("__builtin__", "list") + b"("
+    + global_("ipaddress", "IPv4Network") + b"(" + unicode0("0.0.0.0/0") + b"tRp0\n0g0\ntR.",
+    "deque(network, 0) consuming it": proto(2) + global_("collections", "deque")
+    + global_("ipaddress", "IPv6Network") + binunicode("::/0") + TUPLE1 + REDUCE
+    + b"K\x00" + b"\x86" + REDUCE + STOP,
 }
 
 
@@ -182,3 +196,18 @@ def test_deep_nesting_limit_can_be_raised():
     while loaded:
         loaded, depth = loaded[0], depth + 1
     assert depth == 19_999
+
+
+def test_network_iteration_is_refused_and_live_in_the_stdlib():
+    """The network bombs above are refused because of the call, not the size: a small
+    network passed to list() is refused too, and the stdlib really does expand it."""
+    data = proto(2) + global_("builtins", "list") + global_("ipaddress", "IPv4Network") \
+        + binunicode("10.0.0.0/12") + TUPLE1 + REDUCE + TUPLE1 + REDUCE + STOP
+    with pytest.raises(mason.LimitError, match="IP network"):
+        mason.loads(data)
+    assert len(pickle.loads(data)) == 2**20
+    # a network as a value, in containers and as a dict key, loads
+    import ipaddress
+    value = {ipaddress.IPv6Network("::/0"): [ipaddress.IPv4Network("0.0.0.0/0")]}
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        assert mason.loads(pickle.dumps(value, protocol)) == value

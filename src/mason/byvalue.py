@@ -390,18 +390,6 @@ def _reduce_code(code, ctx):
 # --------------------------------------------------------------------------------------------
 # The per-pickler context and the hook
 
-class _EmptyCell:
-    """Stands for a closure cell inside a function's arguments: pickled as a new empty cell,
-    filled by the function's state once the function exists (its contents may refer back to
-    the function).  One per cell and pickler, so functions that share a cell share it after
-    loading too."""
-
-    __slots__ = ("cell",)
-
-    def __init__(self, cell):
-        self.cell = cell
-
-
 class _Context:
     """State of one Pickler's by-value reductions.  Holds no reference to the pickler (a
     weak one only), so a pickler and what it pickled are freed without the cycle collector."""
@@ -414,7 +402,11 @@ class _Context:
         # functions of one namespace share one namespace after loading.  Holding the dict
         # keeps its id from being reused while the pickler lives.
         self.globals_ref: dict[int, tuple[dict, dict]] = {}
-        self.cells: dict[int, _EmptyCell] = {}
+        # id(cell) -> where the loader finds that cell: (function, index) for a cell of a
+        # closure pickled by value (made empty with its function, filled by the function's
+        # state: its contents may refer back to the function), or the cell itself when it
+        # was pickled on its own.  Functions that share a cell share it after loading too.
+        self.cells: dict[int, tuple] = {}
         # One header per (kind, module, qualname): the pickler memoizes it, so a thousand
         # lambdas of one name carry one header call.
         self.headers: dict[tuple, _Call] = {}
@@ -529,7 +521,7 @@ def _reduce_function(func, ctx):
     if closure is None:
         cells = values = None
     else:
-        cells = tuple(_empty_cell(cell, ctx) for cell in closure)
+        cells = _closure_spec(func, closure, ctx)
         values = tuple(_canonical(_cell_contents(cell)) for cell in closure)
     extra = None
     name = func.__name__
@@ -574,11 +566,21 @@ def _reduce_function(func, ctx):
             _function_setstate)
 
 
-def _empty_cell(cell, ctx):
-    wrapper = ctx.cells.get(id(cell))
-    if wrapper is None:
-        wrapper = ctx.cells[id(cell)] = _EmptyCell(cell)
-    return wrapper
+def _closure_spec(func, closure, ctx):
+    """The closure argument of ``_make_function``: None for a cell the function makes (new,
+    empty), else where to find a cell made before (by another function, or on its own)."""
+    cells = ctx.cells
+    spec = []
+    for index, cell in enumerate(closure):
+        where = cells.get(id(cell))
+        if where is None:
+            cells[id(cell)] = (func, index, cell)  # holding the cell keeps its id unique
+            spec.append(None)
+        elif len(where) == 3:
+            spec.append(_Call(_cell_of, (where[0], where[1])))
+        else:
+            spec.append(where[0])
+    return tuple(spec)
 
 
 def _cell_contents(cell):
@@ -876,6 +878,10 @@ def _reduce_namedtuple(cls, ctx):
 # Other objects that by-value classes and functions are made of (pickle refuses them all)
 
 def _reduce_cell(cell, ctx):
+    where = ctx.cells.get(id(cell))
+    if where is not None and len(where) == 3:
+        return _cell_of, (where[0], where[1])  # made by its function, already pickled
+    ctx.cells[id(cell)] = (cell,)
     return _make_cell, (), (_cell_contents(cell),), None, None, _cell_set
 
 
@@ -1016,7 +1022,6 @@ _REDUCERS: dict[type, typing.Callable] = {
     types.CellType: _reduce_cell,
     types.ModuleType: _reduce_module,
     _Call: lambda obj, ctx: (obj.func, obj.args),
-    _EmptyCell: lambda obj, ctx: (_make_cell, ()),
     classmethod: _reduce_classmethod,
     staticmethod: _reduce_classmethod,
     abc.abstractclassmethod: _reduce_classmethod,
@@ -1079,8 +1084,16 @@ def _make_code(tag, *fields):
 def _make_function(header, code, globals_, closure):
     globals_.setdefault("__builtins__", builtins.__dict__)
     if closure is not None:
-        closure = tuple(closure)
+        closure = tuple(_new_cell() if cell is None else cell for cell in closure)
     return types.FunctionType(code, globals_, None, None, closure)
+
+
+_new_cell = types.CellType
+
+
+def _cell_of(func, index):
+    """A closure cell made by a function loaded before (closures sharing a variable)."""
+    return func.__closure__[index]
 
 
 def _function_setstate(func, state):

@@ -321,3 +321,19 @@ def test_safe_loading_refuses_code_nested_in_data():
 def test_explicit_allow_of_the_rebuilders_is_the_users_choice():
     data = mason.dumps(lambda: 5)
     assert mason.loads(data, allow=["mason.byvalue.*", "builtins.getattr"])() == 5
+
+
+def test_a_cell_pickled_with_its_function_is_the_functions_cell():
+    def make():
+        value = ["shared"]
+
+        def f():
+            return value
+        return f
+
+    f = make()
+    for obj in ([f, f.__closure__[0]], [f.__closure__[0], f]):
+        loaded = roundtrip(obj)
+        g, cell = (loaded[0], loaded[1]) if callable(loaded[0]) else (loaded[1], loaded[0])
+        assert g.__closure__[0] is cell
+        assert cell.cell_contents == ["shared"] and g() is cell.cell_contents

@@ -444,3 +444,31 @@ def test_loads_and_load_accept_memoryview_bytearray_and_real_files(tmp_path):
     os.close(w)
     with os.fdopen(r, "rb", buffering=0) as f:
         assert mason.load(f) == {"k": [1, 2, 3]}
+
+
+def test_protocol_4_dotted_names_resolve_only_through_allowed_names():
+    import posixpath
+
+    def stack_global(module, name):
+        m, n = module.encode(), name.encode()
+        return b"\x80\x04\x8c" + bytes([len(m)]) + m + b"\x8c" + bytes([len(n)]) + n + b"\x93."
+
+    # the exact name, however the stream splits it between module and qualname
+    for module, name in (("os.path", "join"), ("os", "path.join")):
+        assert mason.loads(stack_global(module, name), allow=["os.path.join"]) \
+            is posixpath.join
+        refused_three_ways(stack_global(module, name))
+    # allowing a function allows nothing next to it, nor below it
+    refused_three_ways(stack_global("os.path", "exists"), allow=["os.path.join"])
+    refused_three_ways(stack_global("os", "path.os.system"), allow=["os.path.join"])
+    # a wildcard admits what lives in the module: os.path is posixpath under another name,
+    # so "os.path.*" admits none of posixpath's functions (the error says to allow the name)
+    errors = refused_three_ways(stack_global("os.path", "join"), allow=["os.path.*"])
+    assert "allow=['os.path.join']" in str(errors[0])
+    # and it does not reach the module os that posixpath imports
+    errors = refused_three_ways(stack_global("os.path", "os.system"), allow=["os.path.*"])
+    assert errors[0].names == ["os.path.os.system"]
+    # nor does it pass through a dunder
+    errors = refused_three_ways(stack_global("os.path", "join.__globals__"),
+                                allow=["os.path.*"])
+    assert "dunder" in str(errors[0])

@@ -40,14 +40,20 @@ import io
 import pickle
 import unittest
 
-from test import test_pickle as cpython_test_pickle
-from test.pickletester import (AbstractCustomPicklerClass, AbstractDispatchTableTests,
+import pytest
+
+# Some distributions package the interpreter's own tests separately (Debian: libpython3-test).
+pytest.importorskip("test.pickletester", reason="CPython's test package is not installed")
+
+from test import test_pickle as cpython_test_pickle  # noqa: E402
+from test.pickletester import (AbstractCustomPicklerClass,  # noqa: E402
+                               AbstractDispatchTableTests,
                                AbstractHookTests, AbstractIdentityPersistentPicklerTests,
                                AbstractPersistentPicklerTests, AbstractPickleModuleTests,
                                AbstractPickleTests, AbstractPicklerUnpicklerObjectTests,
                                AbstractUnpickleTests, BigmemPickleTests)
 
-import mason
+import mason  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
 # Engines under test

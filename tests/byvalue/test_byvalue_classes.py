@@ -17,7 +17,7 @@ import pytest
 import mason
 from mason.errors import UnsafeCodeError
 
-from conftest import define
+from byvalue_helpers import define
 
 
 def roundtrip(obj):

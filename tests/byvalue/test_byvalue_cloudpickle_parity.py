@@ -21,7 +21,7 @@ import pytest
 
 import mason
 
-from conftest import define
+from byvalue_helpers import define
 
 assert int(cloudpickle.__version__.split(".")[0]) >= 3, "the bar is cloudpickle 3.x"
 

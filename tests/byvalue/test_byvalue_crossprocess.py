@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from conftest import run_python
+from byvalue_helpers import run_python
 
 SCRIPT = '''
 import dataclasses, enum, functools, math, sys, typing
@@ -296,7 +296,7 @@ def test_interactive_session_definitions_travel(workdir):
     import os
     import subprocess
     import sys
-    from conftest import SRC
+    from byvalue_helpers import SRC
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = SRC
     session = (b"import mason, sys\n"

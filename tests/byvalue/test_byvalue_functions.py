@@ -15,7 +15,7 @@ import mason
 from mason import byvalue
 from mason.errors import UnsafeCodeError
 
-from conftest import define
+from byvalue_helpers import define
 
 
 def roundtrip(obj, **kwargs):

@@ -3,4 +3,7 @@ available the package still works, with the pure-Python check giving identical r
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("mason._limits", ["src/mason/_limits.c"], optional=True)])
+setup(ext_modules=[
+    Extension("mason._limits", ["src/mason/_limits.c"], optional=True),
+    Extension("mason._scan", ["src/mason/_scan.c"], optional=True),
+])

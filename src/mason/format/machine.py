@@ -206,6 +206,14 @@ class _Break(Exception):
     """The stream breaks at the current opcode; the message says why."""
 
 
+class _Resume(Exception):
+    """An ``after_build`` hook consumed data after a BUILD: decoding resumes at ``pos``."""
+
+    def __init__(self, pos: int):
+        super().__init__(pos)
+        self.pos = pos
+
+
 def _objects(count: int) -> str:
     return "1 object" if count == 1 else f"{count} objects"
 
@@ -217,9 +225,10 @@ _CONSTANTS = {
 
 
 class _Machine:
-    def __init__(self, data, run: Run):
+    def __init__(self, data, run: Run, after_build=None):
         self.data = data
         self.run = run
+        self.after_build = after_build
         self.stack: list = []
         self.marks: list[int] = []     # stack heights at each open MARK
         self.memo: dict[int, Any] = {}
@@ -246,12 +255,19 @@ class _Machine:
     def execute(self, start: int) -> None:
         run, handlers = self.run, self.handlers
         offset, op = start, None
+        pos = start
         try:
-            for offset, op, arg, end in read_ops(self.data, start, plain=True):
-                handlers[op.code](op, arg, offset)
-                if op.role is Role.STOP:
-                    run.end = end
-                    return
+            while True:
+                try:
+                    for offset, op, arg, end in read_ops(self.data, pos, plain=True):
+                        handlers[op.code](op, arg, offset)
+                        if op.role is Role.STOP:
+                            run.end = end
+                            return
+                except _Resume as jump:
+                    # An after_build hook read data of its own that follows the BUILD (joblib
+                    # writes raw array bytes there): decoding goes on after it.
+                    pos = jump.pos
         except MalformedPickleError as exc:
             run.error = exc
             run.end = exc.offset if exc.offset is not None else offset
@@ -491,6 +507,15 @@ class _Machine:
     def _extend_build(self, op, arg, offset):
         target, (state,) = self._target_and_items(op)
         self._effect(target, Build(target, state, offset))
+        if self.after_build is not None:
+            try:
+                resume = self.after_build(target, state, offset + 1, self.stack)
+            except ValueError as exc:   # the hook cannot place the data that follows
+                raise _Break(f"is followed by data that cannot be read: {exc}") from None
+            if resume is not None:
+                if resume < offset + 1:
+                    raise _Break("is followed by data its hook cannot place")
+                raise _Resume(resume)
 
     def _effect(self, target, effect) -> None:
         self.run.effects.append(effect)
@@ -543,14 +568,21 @@ class _Machine:
 
 # --- entry points -------------------------------------------------------------------------
 
-def simulate(data, start: int = 0, *, strict: bool = False) -> Run:
+def simulate(data, start: int = 0, *, strict: bool = False, after_build=None) -> Run:
     """Runs the pickle at ``start`` in ``data`` symbolically and returns what it found.
 
     Never imports or calls anything from the stream.  A malformed stream is recorded in
     ``Run.error``, or raised if ``strict`` is true.
+
+    ``after_build(target, state, end, stack)``, if given, is called after every BUILD, with
+    ``end`` the offset just past it and ``stack`` the machine's stack (the target on top,
+    which the hook may replace).  It returns None, or an offset at or after ``end`` where
+    decoding is to go on: some formats write raw data of their own right after a BUILD
+    (joblib's arrays), which their loader reads there.  A ``ValueError`` from the hook
+    breaks the stream there, with the hook's message.
     """
     run = Run(start=start, end=start)
-    machine = _Machine(data, run)
+    machine = _Machine(data, run, after_build)
     machine.execute(start)
     if strict and run.error is not None:
         raise run.error

@@ -142,7 +142,8 @@ _MODULES: dict[str, tuple[str, str]] = {
     "xmlrpc": (NETWORK, "xmlrpc calls remote procedures"),
     "webbrowser": (PROCESS, "webbrowser starts a browser on any URL"),
     # third-party loaders and runners
-    "joblib.numpy_pickle": (CODE, f"joblib.numpy_pickle {_NESTED}"),
+    "joblib.numpy_pickle_compat": (FILE, "joblib's old format reads arrays from other files "
+                                         "named in the stream"),
     "torch.serialization": (CODE, f"torch.serialization.load {_NESTED}"),
     "torch.hub": (NETWORK, "torch.hub downloads and runs code"),
     "torch.jit": (CODE, "torch.jit compiles and runs code"),
@@ -221,6 +222,9 @@ _NAMES: dict[str, tuple[str, str]] = {
     "pandas.read_pickle": (CODE, f"pandas.read_pickle {_NESTED}"),
     "pandas.read_csv": (FILE, "pandas.read_csv reads files and URLs"),
     "joblib.load": (CODE, f"joblib.load {_NESTED}"),
+    "joblib.numpy_pickle.load": (CODE, f"joblib.load {_NESTED}"),
+    "joblib.numpy_pickle.NDArrayWrapper": (FILE, "joblib's old array wrapper reads a file "
+                                                 "named in the stream"),
     "torch.load": (CODE, f"torch.load {_NESTED}"),
     "torch.save": (FILE, "torch.save writes files"),
     "torch.from_file": (FILE, "torch.from_file maps any file"),

@@ -88,6 +88,7 @@ def _listing(part, out, render_call) -> None:
                 max_proto = max(max_proto, op.proto)
                 notes_here = []
                 mark_note = None
+                indent = "    " * len(marks)   # as pickletools: before a MARK is popped
                 if op.mark or (op.role is Role.POP and marks and top_is_mark):
                     mark_note = f"(MARK at {marks.pop()})" if marks else "(no MARK)"
                 if op.role is Role.MEMOIZE:
@@ -101,8 +102,8 @@ def _listing(part, out, render_call) -> None:
                         notes_here.append(f"memo {arg}, stored at byte {stored[arg]}")
                     else:
                         notes_here.append(f"memo {arg} was never stored")
-                line = "%5d: %-4s %s%s" % (offset, repr(bytes([op.code]))[2:-1],
-                                           "    " * len(marks), op.name)
+                line = "%5d: %-4s %s%s" % (offset, repr(bytes([op.code]))[2:-1], indent,
+                                           op.name)
                 shown = _argument(op, arg)
                 if shown is not None or mark_note:
                     line += " " * (10 - len(op.name))

@@ -221,12 +221,17 @@ def resolve_policy(policy: Policy | None = None, allow: Iterable[str] | None = N
     if preset:
         names = [preset] if isinstance(preset, str) else list(preset)
         make = getattr(Policy, "preset", None)
+        unavailable = (f"presets are not available in this version of mason (asked for "
+                       f"{', '.join(map(repr, names))}): pass the names to allow instead")
         if make is None:
-            raise ValueError(f"presets are not available in this version of mason "
-                             f"(asked for {', '.join(map(repr, names))}): pass the names to "
-                             f"allow instead")
+            raise ValueError(unavailable)
         for name in names:
-            policy = policy | make(name)
+            try:
+                policy = policy | make(name)
+            except ImportError:
+                raise ValueError(unavailable) from None
+            except (KeyError, LookupError, ValueError) as exc:
+                raise ValueError(f"unknown preset {name!r}: {exc}") from None
     if allow:
         entries = [allow] if isinstance(allow, str) else list(allow)
         policy = policy | Policy(entries)
@@ -538,6 +543,12 @@ class _Scanner:
             return ("substitute", substitute)
         exact = dotted in self.policy.names
         if not exact and not self.policy.allows(module, name):
+            # A preset's rules admit names by looking at the object, which means importing
+            # it; a rule that can tell from the name alone says so through scan_allows.
+            for rule in getattr(self.policy, "_rules", ()):
+                decide = getattr(rule, "scan_allows", None)
+                if decide is not None and decide(module, name):
+                    return ("allowed", None)
             return ("refused", None)
         parts = name.split(".")
         if len(parts) > 1 and any(_is_dunder(part) for part in parts):
@@ -828,12 +839,10 @@ class _Scanner:
             if not isinstance(args, tuple):
                 continue   # loading raises TypeError: REDUCE needs a tuple
             check = _CHECKS.get(stand_in)
-            if check is None:
-                outcome = ("needs-allow", NOT_ALLOWED, f"{_dotted(module, name)} loads through "
-                           f"a checked stand-in whose checks this scanner does not know",
-                           _dotted(module, name))
-            else:
+            if check is not None:
                 outcome = check(_Checks(self, facts, module, name), args)
+            else:
+                outcome = self._foreign_check(stand_in, facts, module, name, args, kwargs)
             if outcome is _NEED:
                 if not facts.machine:
                     return False
@@ -865,6 +874,29 @@ class _Scanner:
             self.add("malformed", MALFORMED, None, str(facts.error), offset=facts.error.offset,
                      member=member, into=found)
         return True
+
+    def _foreign_check(self, stand_in, facts: _Facts, module: str, name: str, args, kwargs):
+        """A stand-in of another part of mason (a preset's): it checks its arguments when
+        loading, and says what it would refuse through ``scan_check(args, kwargs)``, given
+        the machine's values (Global nodes, Calls, literals); it returns None to accept,
+        a message to refuse.  Without that, the scan cannot know and does not say safe."""
+        dotted = _dotted(module, name)
+        scan_check = getattr(stand_in, "scan_check", None)
+        if scan_check is None:
+            return ("needs-allow", NOT_ALLOWED, f"{dotted} loads through a checked stand-in "
+                    f"whose checks the scan cannot apply; loading checks its arguments",
+                    None)
+        if not facts.machine:
+            return _NEED
+        try:
+            refusal = scan_check(args, kwargs)
+        except Exception as exc:  # noqa: BLE001 - a check that cannot decide
+            return ("needs-allow", NOT_ALLOWED, f"{dotted}: the scan cannot check its "
+                    f"arguments ({exc})", None)
+        if refusal:
+            return ("dangerous", dangers.CODE, f"{dotted}: {refusal} (the stand-in refuses "
+                    f"it when loading)", None)
+        return None
 
     def _unresolved(self, node, member: str, found: list[Finding]) -> None:
         from ..format.machine import Extension
@@ -909,7 +941,9 @@ class _Scanner:
         return True
 
     def _check_limits(self, data, start: int, end: int, member: str, found: list) -> None:
-        view = memoryview(data)[start:end] if start or end != len(data) else data
+        # The check loading applies, on exactly the bytes loading would read.
+        sliced = start != 0 or end != len(data)
+        view = memoryview(data)[start:end] if sliced else data
         try:
             _limits_check(view, self.limits.max_depth, self.limits.memo_slack)
         except LimitError as exc:
@@ -917,7 +951,7 @@ class _Scanner:
             self.add("dangerous", dangers.BOMB, None, str(exc), offset=offset, member=member,
                      into=found)
         finally:
-            if isinstance(view, memoryview):
+            if sliced:
                 view.release()
 
     def _render_details(self, data, start: int, facts: _Facts, found: list[Finding]) -> None:
@@ -935,7 +969,9 @@ class _Scanner:
                 continue
             calls = by_offset.get(finding.offset)
             if calls:
-                finding.detail = "; ".join(render_call(c, width=160) for c in calls[:3])
+                shown = list(dict.fromkeys(render_call(c, width=160) for c in calls))
+                more = f" (+{len(shown) - 3} more)" if len(shown) > 3 else ""
+                finding.detail = "; ".join(shown[:3]) + more
 
     # joblib
 

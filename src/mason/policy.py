@@ -93,10 +93,11 @@ class Policy:
     """
 
     __slots__ = ("_names", "_modules", "_substitutes", "limits", "_resolved", "_plain",
-                 "_base", "__weakref__")
+                 "_base", "_rules", "_prechecks", "__weakref__")
 
     def __init__(self, allow: Iterable[str] = (), *, limits: Limits | None = None,
-                 substitutes: Mapping[str, Any] | None = None):
+                 substitutes: Mapping[str, Any] | None = None,
+                 rules: Iterable[Any] = (), prechecks: Iterable[Any] = ()):
         if isinstance(allow, str):
             allow = [allow]
         names, modules = set(), set()
@@ -115,11 +116,28 @@ class Policy:
         self._resolved: dict[tuple[str, str], Any] = {}
         self._plain: dict[tuple[str, str], bool] = {}
         self._base = None
+        # Presets (mason.presets): ``rules`` admit a name the lists above do not, by a
+        # check of the object (``rule(module, qualname)`` returns it, or None); each of
+        # ``prechecks`` (``check(data, find_class)``) reads a stream before it is loaded.
+        self._rules = tuple(rules)
+        self._prechecks = tuple(prechecks)
 
     @classmethod
     def default(cls) -> Policy:
         """Plain data and the standard library's value types; nothing that runs code."""
         return _DEFAULT
+
+    @classmethod
+    def preset(cls, *names: str, limits: Limits | None = None) -> Policy:
+        """The default policy plus the presets ``names`` ("numpy", "pandas", "sklearn",
+        "torch"; see ``mason.presets`` and docs/models.md for what each admits and why)."""
+        from .presets import preset_policy
+        policy = preset_policy(*names)
+        return policy if limits is None else policy.with_limits(limits)
+
+    @property
+    def prechecks(self) -> tuple:
+        return self._prechecks
 
     def __or__(self, other: Policy) -> Policy:
         if not isinstance(other, Policy):
@@ -132,6 +150,9 @@ class Policy:
             name: sub for name, sub in {**other._substitutes, **self._substitutes}.items()
             if not ((name in self._names and name not in self._substitutes)
                     or (name in other._names and name not in other._substitutes))}
+        merged._rules = self._rules + tuple(r for r in other._rules if r not in self._rules)
+        merged._prechecks = self._prechecks + tuple(
+            c for c in other._prechecks if c not in self._prechecks)
         return merged
 
     def with_limits(self, limits: Limits) -> Policy:
@@ -206,6 +227,10 @@ class Policy:
             return substitute if bind is None else bind(self)
         exact = dotted in self._names
         if not exact and not self._allows_module(module):
+            for rule in self._rules:
+                found = rule(module, qualname)
+                if found is not None:
+                    return found
             raise UnsafeGlobalError(f"global {dotted} is not allowed", [(dotted, None)])
         parts = qualname.split(".")
         if len(parts) > 1 and any(_is_dunder(part) for part in parts):

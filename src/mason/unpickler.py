@@ -20,6 +20,7 @@ import _compat_pickle
 import _pickle
 import copyreg
 import io
+import os
 import struct
 import sys
 from collections.abc import Iterable, Mapping
@@ -78,6 +79,14 @@ def _with_allowed(policy: Policy, allow) -> Policy:
         combined._base = policy
         _COMBINED[key] = combined
     return combined
+
+
+def _with_preset(preset, policy: Policy | None) -> Policy:
+    """``policy`` (the default if None) plus the presets ``preset`` names: "numpy",
+    "pandas", "sklearn", "torch", a list of them, or Policy objects (mason.presets)."""
+    names = (preset,) if isinstance(preset, (str, Policy)) else tuple(preset)
+    combined = Policy.preset(*names)
+    return combined if policy is None else policy | combined
 
 
 def _split_renames(renames: Mapping[str, str] | None) -> dict[str, str]:
@@ -223,7 +232,9 @@ class Unpickler(_pickle.Unpickler):
                  errors: str = "strict", buffers: Iterable[Any] | None = None,
                  allow: Iterable[str] | None = None, policy: Policy | None = None,
                  trusted: bool = False, renames: Mapping[str, str] | None = None,
-                 limits: Limits | None = None):
+                 limits: Limits | None = None, preset=None):
+        if preset is not None:
+            policy = _with_preset(preset, policy)
         self._source = _Source()
         super().__init__(self._source, fix_imports=fix_imports, encoding=encoding,
                          errors=errors, buffers=buffers)
@@ -283,6 +294,11 @@ class Unpickler(_pickle.Unpickler):
         try:
             if copyreg._inverted_registry and self._policy is not None:
                 uncached = self._check_extensions(data)
+            if self._policy is not None and self._policy._prechecks:
+                # A preset's reading of the stream before it runs (numpy dtypes: see
+                # mason._numpy_checks); it resolves names as find_class does.
+                for precheck in self._policy._prechecks:
+                    precheck(data, self.find_class)
             return super().load()
         except UnsafeCodeError:
             raise
@@ -509,7 +525,7 @@ def loads(data, /, *, fix_imports: bool = True, encoding: str = "ASCII",
           errors: str = "strict", buffers: Iterable[Any] | None = None,
           allow: Iterable[str] | None = None, policy: Policy | None = None,
           trusted: bool = False, renames: Mapping[str, str] | None = None,
-          limits: Limits | None = None, key=None) -> Any:
+          limits: Limits | None = None, key=None, preset=None) -> Any:
     """Load an object from pickle bytes, calling only what the policy allows.
 
     Arguments as for ``pickle.loads``, plus ``allow``, ``policy``, ``trusted``, ``renames``
@@ -517,6 +533,9 @@ def loads(data, /, *, fix_imports: bool = True, encoding: str = "ASCII",
     (``mason.dumps(obj, key=...)``); it is verified before anything of it runs, and a valid
     signature loads trusted (unless ``allow`` or ``policy`` is given).
     """
+    if preset is not None:
+        # ``preset=``: the policy plus what the named presets admit (mason.presets).
+        policy = _with_preset(preset, policy)
     if key is not None:
         from .signing import open_envelope
         data = open_envelope(data, key)   # SignatureError unless verified
@@ -596,12 +615,23 @@ def load(file, *, fix_imports: bool = True, encoding: str = "ASCII",
          errors: str = "strict", buffers: Iterable[Any] | None = None,
          allow: Iterable[str] | None = None, policy: Policy | None = None,
          trusted: bool = False, renames: Mapping[str, str] | None = None,
-         limits: Limits | None = None, key=None) -> Any:
+         limits: Limits | None = None, key=None, preset=None, mmap: bool = False) -> Any:
     """Load one object from a binary file, calling only what the policy allows.
 
     Reads exactly one pickle and leaves the file just after it, as ``pickle.load`` does.
     ``key``: as for ``loads`` (the file holds a signed envelope).
+
+    Given a path (str or os.PathLike) instead of a file, loads the whole file, whatever
+    its format (mason container, pickle, torch checkpoint, joblib, gzip or zstd):
+    see ``mason.files.load``; ``mmap=True`` maps a container's buffers instead of reading.
     """
+    if isinstance(file, (str, os.PathLike)):
+        from .files import load as load_path
+        return load_path(file, mmap=mmap, fix_imports=fix_imports, encoding=encoding,
+                         errors=errors, allow=allow, policy=policy, trusted=trusted,
+                         renames=renames, limits=limits, key=key, preset=preset)
+    if preset is not None:
+        policy = _with_preset(preset, policy)
     if key is not None:
         from .signing import read_envelope
         data = read_envelope(file, key)   # SignatureError unless verified

@@ -1,0 +1,180 @@
+"""Out-of-band reducers for numpy arrays and torch tensors.
+
+With protocol 5, a pickler given a ``buffer_callback`` hands the callback each
+``PickleBuffer`` instead of copying its bytes into the stream; the loader gets them back
+through ``buffers=``.  numpy does this by itself for C- or Fortran-contiguous arrays.  These
+reducers do it for the rest, and are what mason's file container (``mason.files``) uses for
+every array, so that every large buffer lands in the file once, aligned, and comes back as a
+view of the file:
+
+* ``reduce_ndarray``: any numpy array whose dtype has no objects, in any memory layout
+  (a non-contiguous one is copied once into C order), 0-d and empty included.  The dtype
+  travels as its .npy description (``numpy.lib.format.dtype_to_descr``), which numpy's own
+  constructor turns back into the dtype: nothing in the stream sets a dtype's state.
+  Object arrays (and subclasses of ndarray) keep numpy's own reduction: their elements are
+  pickled inline as ordinary objects, and so go through the loader's policy.
+* ``reduce_tensor``: a CPU, strided, dense torch tensor or ``nn.Parameter`` without Python
+  attributes, as its bytes plus dtype, shape and ``requires_grad``.
+
+Both rebuild with functions that check what they are given (``rebuild_array``,
+``rebuild_tensor``) and keep a stable import path, since pickles name them.  Without a
+buffer callback the same reductions write the bytes in-band (protocol 5 writes a
+``PickleBuffer`` as BYTEARRAY8), and any unpickler with mason importable loads them.
+"""
+
+from __future__ import annotations
+
+import copyreg
+import pickle
+import sys
+from typing import Any
+
+from ._numpy_checks import rebuild_array
+from .errors import UnsafeGlobalError
+
+__all__ = ["reduce_ndarray", "reduce_tensor", "rebuild_array", "rebuild_tensor",
+           "dispatch_table", "TORCH_DTYPES"]
+
+# torch dtypes that tensors pickle with, by the name used in the stream.  Exactly the names
+# a stream may ask for; anything else is refused.
+TORCH_DTYPES = (
+    "float64", "float32", "float16", "bfloat16", "complex128", "complex64", "complex32",
+    "int64", "int32", "int16", "int8", "uint8", "uint16", "uint32", "uint64", "bool",
+    "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz",
+)
+
+
+def reduce_ndarray(array) -> Any:
+    """Reduce a numpy array to ``rebuild_array(PickleBuffer, descr, shape, order)``.
+
+    Returns ``NotImplemented`` for what numpy's own reduction does better: object dtypes
+    (elements inline, under the policy), subclasses, and dtypes that the .npy description
+    does not carry exactly (aligned structs, metadata, numpy's variable-width strings).
+    """
+    import numpy as np
+    from numpy.lib import format as npformat
+
+    if type(array) is not np.ndarray:
+        return NotImplemented
+    d = array.dtype
+    if d.hasobject or d.metadata is not None or d.isalignedstruct:
+        return NotImplemented
+    try:
+        descr = npformat.dtype_to_descr(d)
+        if npformat.descr_to_dtype(descr) != d:
+            return NotImplemented
+    except Exception:
+        return NotImplemented
+    if array.flags.c_contiguous:
+        order = "C"
+    elif array.flags.f_contiguous:
+        order = "F"
+    else:
+        array = np.ascontiguousarray(array)
+        order = "C"
+    if array.ndim > 1 or order == "F":
+        flat = array.reshape(-1, order=order)   # a view: the array is contiguous in `order`
+    else:
+        flat = array.reshape(-1)
+    if flat.size and d.itemsize:
+        raw = flat.view(np.uint8)
+    else:
+        raw = np.empty(0, np.uint8)
+    if not array.flags.writeable:
+        raw = raw.view()
+        raw.flags.writeable = False
+    return rebuild_array, (pickle.PickleBuffer(raw), descr, array.shape, order)
+
+
+def reduce_tensor(tensor) -> Any:
+    """Reduce a torch tensor to ``rebuild_tensor(PickleBuffer, dtype, shape,
+    requires_grad, parameter)``; ``NotImplemented`` for what this does not carry (other
+    devices, sparse, quantized, subclasses, tensors with Python attributes)."""
+    import torch
+
+    cls = type(tensor)
+    if cls is not torch.Tensor and cls is not torch.nn.Parameter:
+        return NotImplemented
+    if tensor.device.type != "cpu" or tensor.layout is not torch.strided \
+            or tensor.is_quantized or tensor.is_conj() or tensor.is_neg() \
+            or getattr(tensor, "__dict__", None):
+        return NotImplemented
+    name = str(tensor.dtype).rpartition(".")[2]
+    if name not in TORCH_DTYPES:
+        return NotImplemented
+    if tensor.requires_grad and not tensor.is_leaf:
+        return NotImplemented   # pickle refuses non-leaf tensors that need grad; so does torch
+    data = tensor.detach()
+    if not data.is_contiguous():
+        data = data.contiguous()
+    if data.numel():
+        raw = data.reshape(-1).view(torch.uint8).numpy()
+    else:
+        import numpy as np
+        raw = np.empty(0, np.uint8)
+    return rebuild_tensor, (pickle.PickleBuffer(raw), name, tuple(tensor.shape),
+                            bool(tensor.requires_grad), cls is torch.nn.Parameter)
+
+
+def rebuild_tensor(buffer, dtype: str, shape, requires_grad: bool = False,
+                   parameter: bool = False):
+    """Rebuild a tensor that ``reduce_tensor`` wrote: a view of ``buffer`` when it is
+    writable (a file container's copy-on-write map, or a buffer read into memory), else a
+    copy (torch has no read-only tensors: a view of read-only memory would crash on the
+    first write)."""
+    import torch
+
+    if type(dtype) is not str or dtype not in TORCH_DTYPES:
+        raise UnsafeGlobalError(f"mason rebuild_tensor: dtype {dtype!r:.40} is not a torch "
+                                f"dtype that tensors are saved with")
+    if type(shape) is not tuple or not all(type(n) is int and n >= 0 for n in shape) \
+            or type(requires_grad) is not bool or type(parameter) is not bool:
+        raise UnsafeGlobalError("mason rebuild_tensor: shape must be a tuple of ints, "
+                                "requires_grad and parameter bools")
+    kind = getattr(torch, dtype)
+    count = 1
+    for n in shape:
+        count *= n
+    itemsize = torch.empty((), dtype=kind).element_size()
+    view = memoryview(buffer)
+    if view.nbytes != count * itemsize:
+        raise UnsafeGlobalError(f"mason rebuild_tensor: {view.nbytes} bytes for shape "
+                                f"{shape} of {dtype} ({count * itemsize} bytes)")
+    if not view.nbytes:
+        tensor = torch.empty(shape, dtype=kind)
+    else:
+        if view.readonly:
+            raw = torch.frombuffer(bytearray(view), dtype=torch.uint8)
+        else:
+            raw = torch.frombuffer(view.cast("B") if view.format != "B" else view,
+                                   dtype=torch.uint8)
+        tensor = raw.view(kind).reshape(shape)
+    if parameter:
+        return torch.nn.Parameter(tensor, requires_grad=requires_grad)
+    if requires_grad:
+        tensor.requires_grad_(True)
+    return tensor
+
+
+def dispatch_table(base=None, protocol: int = 5) -> dict:
+    """``copyreg.dispatch_table`` plus the array and tensor reducers of the libraries that
+    are already imported (an object of a library that is not imported cannot be pickled).
+
+    A reducer that declines falls back to the object's own ``__reduce_ex__``: a dispatch
+    table, unlike ``reducer_override``, has no way to say "not mine"."""
+    table = dict(copyreg.dispatch_table if base is None else base)
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        table[numpy.ndarray] = _or_own(reduce_ndarray, protocol)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        table[torch.Tensor] = table[torch.nn.Parameter] = _or_own(reduce_tensor, protocol)
+    return table
+
+
+def _or_own(reducer, protocol):
+    def reduce(obj):
+        reduced = reducer(obj)
+        return obj.__reduce_ex__(protocol) if reduced is NotImplemented else reduced
+    reduce.__name__ = reducer.__name__
+    return reduce

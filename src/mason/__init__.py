@@ -11,11 +11,13 @@ from .errors import (LimitError, MalformedPickleError, MasonError, PickleError, 
 from .limits import Limits
 from .pickler import DEFAULT_PROTOCOL, HIGHEST_PROTOCOL, Pickler, dump, dumps
 from .policy import Policy
+from .store import NetworkFilesystemError, Store, StoreBusyError, StoreError, TransactionLostError
 from .unpickler import Unpickler, load, loads
 
 __all__ = [
     "DEFAULT_PROTOCOL", "HIGHEST_PROTOCOL", "LimitError", "Limits", "MalformedPickleError",
-    "MasonError", "PickleBuffer", "PickleError", "Pickler", "PicklingError", "Policy",
+    "MasonError", "NetworkFilesystemError", "PickleBuffer", "PickleError", "Pickler",
+    "PicklingError", "Policy", "Store", "StoreBusyError", "StoreError", "TransactionLostError",
     "TruncatedPickleError", "Unpickler", "UnpicklingError", "UnsafeGlobalError", "dump",
     "dumps", "load", "loads",
 ]

@@ -60,6 +60,7 @@ import enum
 import hashlib
 import io
 import sys
+import threading
 import types
 import weakref
 from operator import itemgetter
@@ -152,12 +153,29 @@ def encode(obj: Any) -> bytes:
     return _VERSION + _pickled(tree)
 
 
+_local = threading.local()
+
+
 def _pickled(tree) -> bytes:
-    buf = io.BytesIO()
-    pickler = _Pickler(buf, 5)
-    pickler.fast = True   # no memo: shared and equal objects are written alike
-    pickler.dump(tree)
-    return buf.getvalue()
+    # One pickler per thread, kept: making one costs more than pickling a small tree.  The
+    # tree holds only builtins, so dump() never calls back into Python code that could
+    # reach this function again on the same thread.
+    try:
+        buf, pickler = _local.pickler
+    except AttributeError:
+        buf = io.BytesIO()
+        pickler = _Pickler(buf, 5)
+        pickler.fast = True   # no memo: shared and equal objects are written alike
+        _local.pickler = buf, pickler
+    try:
+        pickler.dump(tree)
+        data = buf.getvalue()
+    finally:
+        buf.seek(0)
+        buf.truncate()
+    if len(data) > 1 << 20:   # do not keep a large buffer around
+        del _local.pickler
+    return data
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import _pickle
 import io
+import os
 import pickle
 import types
 import weakref
@@ -134,11 +135,24 @@ def dumps(obj: Any, protocol: int | None = None, *, fix_imports: bool = True,
 
 def dump(obj: Any, file, protocol: int | None = None, *, fix_imports: bool = True,
          buffer_callback: Callable[[pickle.PickleBuffer], Any] | None = None,
-         by_value: bool = True, key=None) -> None:
+         by_value: bool = True, key=None, compress: str | None = None) -> None:
     """Write the pickle of ``obj`` to the binary file ``file``.
 
     Arguments as for ``dumps``.  With ``key``, the signed envelope is written.
+
+    Given a path (str or os.PathLike) instead of a file, writes a mason container: the
+    pickle and its large buffers (arrays, tensors) aligned for memory-mapping, with
+    checksums (``mason.files``); ``compress="zstd"`` compresses it, ``key`` signs it.
     """
+    if isinstance(file, (str, os.PathLike)):
+        if buffer_callback is not None:
+            raise ValueError("a container takes the buffers itself: drop buffer_callback")
+        from .files import dump as dump_path
+        dump_path(obj, file, DEFAULT_PROTOCOL if protocol is None else protocol,
+                  compress=compress, key=key, fix_imports=fix_imports, by_value=by_value)
+        return
+    if compress is not None:
+        raise ValueError("compress= applies to a path (a mason container), not a file")
     if key is not None:
         file.write(dumps(obj, protocol, fix_imports=fix_imports,
                          buffer_callback=buffer_callback, by_value=by_value, key=key))

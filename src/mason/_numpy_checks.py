@@ -365,3 +365,51 @@ def rebuild_array(buffer, descr, shape, order="C"):
     if not view.nbytes:
         return np.empty(shape, d, order=order)
     return np.frombuffer(buffer, dtype=d).reshape(shape, order=order)
+
+
+def dtype_of_node(node, depth: int = 0):
+    """The checked dtype that a ``numpy.dtype(...)`` call of the symbolic machine (with its
+    BUILD) stands for; for formats that size raw data by a dtype (joblib)."""
+    from .format.machine import Build, Call, Global, Node
+
+    if depth > _MAX_DTYPE_DEPTH:
+        _refuse("a numpy dtype nests too deep")
+    if not (isinstance(node, Call) and isinstance(node.func, Global)
+            and node.func.name == "dtype" and node.func.module in ("numpy", "numpy.core",
+                                                                   "numpy._core")):
+        raise ValueError(f"not a numpy.dtype(...) call: {node!r:.80}")
+    args = node.args
+    if type(args) is not tuple or not 1 <= len(args) <= 3 \
+            or not all(isinstance(a, (str, bool)) for a in args):
+        raise ValueError("numpy.dtype called with something else than a type string")
+    d = dtype(*args)
+    builds = node.effects
+    if len(builds) > 1 or (builds and not isinstance(builds[0], Build)):
+        _refuse("a numpy dtype built more than once")
+
+    def value(item, level=0):
+        if level > _MAX_DTYPE_DEPTH:
+            _refuse("a numpy dtype state nests too deep")
+        if isinstance(item, _LITERALS):
+            return item
+        if type(item) is tuple:
+            return tuple(value(x, level + 1) for x in item)
+        if type(item) is list:
+            return [value(x, level + 1) for x in item]
+        if type(item) is dict:
+            return {value(k, level + 1): value(v, level + 1) for k, v in item.items()}
+        if isinstance(item, Call):
+            return dtype_of_node(item, depth + 1)
+        if isinstance(item, Node):
+            _refuse(f"a numpy dtype state holds a {type(item).__name__}")
+        _refuse(f"a numpy dtype state holds a {type(item).__name__}")
+
+    if builds and args[-1] is True:
+        try:
+            d.__setstate__(value(builds[0].state))
+        except UnsafeGlobalError:
+            raise
+        except Exception as exc:
+            _refuse(f"numpy refuses a dtype state: {exc}")
+    check_dtype(d)
+    return d

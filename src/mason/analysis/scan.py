@@ -42,6 +42,7 @@ from ..errors import LimitError, MalformedPickleError
 from ..format.reader import Payload
 from ..limits import DEFAULT_LIMITS, Limits
 from ..policy import Policy
+from . import checks as _checks
 from . import containers as _c
 from . import dangers
 from ._survey import COMPLETE, OPAQUE, GlobalRef
@@ -261,175 +262,6 @@ def _is_dunder(part: str) -> bool:
     return len(part) > 4 and part.startswith("__") and part.endswith("__")
 
 
-# What each checked stand-in of mason._safe_constructors accepts, checked on the arguments the
-# stream gives it.  Each returns None when the call is accepted, _NEED when an argument the
-# check needs was not modelled by the survey (the machine must run), or a finding's
-# (severity, category, message, allow) when the stand-in would refuse it.
-_NEED = object()
-
-
-class _Checks:
-    """The argument checks, mirroring mason._safe_constructors; see each stand-in there."""
-
-    def __init__(self, scanner: _Scanner, facts: _Facts, module: str, name: str):
-        self.scanner, self.facts = scanner, facts
-        self.dotted = f"{module}.{name}"
-
-    def global_of(self, value):
-        return self.facts.global_of(value)
-
-    def opaque(self, *values) -> bool:
-        return any(v is OPAQUE for v in values)
-
-    def refuse(self, category: str, message: str, allow: str | None = None):
-        return ("dangerous", category, message, allow)
-
-    def reconstructor(self, args):
-        if len(args) != 3:
-            return None   # wrong arity: loading fails with a TypeError, not a refusal
-        cls, base = args[0], args[1]
-        if self.opaque(cls, base):
-            return _NEED
-        if self.global_of(cls) is None or self.global_of(base) is None:
-            return self.refuse(dangers.CODE, "copyreg._reconstructor called with something "
-                               "other than a class and its base: it would call base.__init__ "
-                               "on data of the stream's choosing (the stand-in refuses it)")
-        return None
-
-    def newobj(self, args):
-        if not args:
-            return None
-        if self.opaque(args[0]):
-            return _NEED
-        if self.global_of(args[0]) is not None:
-            return None
-        return self.refuse(dangers.CODE, f"{self.dotted} called with something other than a "
-                           f"class (the stand-in refuses it)")
-
-    newobj_ex = newobj
-
-    def codecs_encode(self, args):
-        if not 1 <= len(args) <= 3:
-            return None
-        obj = args[0]
-        encoding = args[1] if len(args) > 1 else "utf-8"
-        if self.opaque(obj, encoding):
-            return _NEED
-        if _is_str(obj) and encoding in ("latin1", "latin-1"):
-            return None
-        return self.refuse(dangers.BOMB, f"_codecs.encode called with encoding {encoding!r}: "
-                           f"it reaches every codec, compressors included; pickle only writes "
-                           f"it with 'latin1' (the stand-in refuses anything else)",
-                           "_codecs.encode")
-
-    def getattr(self, args):
-        if len(args) != 2:
-            return None
-        obj, attr = args
-        if self.opaque(obj, attr):
-            return _NEED
-        owner = self.global_of(obj)
-        if owner is None or not _is_str(attr) or type(attr) is not str:
-            return self.refuse(dangers.GADGET, "builtins.getattr called on something other "
-                               "than a global class with a literal name: the classic way to "
-                               "reach any method of any object (the stand-in refuses it)")
-        module, qualname = owner
-        derived = f"{qualname}.{attr}"
-        # The stand-in looks the attribute up as the global module.qualname.attr, through
-        # the policy: report it as that global.
-        return self.scanner.name_finding(module, derived, via="builtins.getattr")
-
-    def type_of(self, args):
-        if len(args) == 1:
-            (arg,) = args
-            if self.opaque(arg):
-                return _NEED
-            if arg is None:
-                return None
-            owner = self.global_of(arg)
-            if owner in (("builtins", "Ellipsis"), ("builtins", "NotImplemented")):
-                return None
-        elif self.opaque(*args):
-            return _NEED
-        return self.refuse(dangers.CODE, "builtins.type called with arguments other than "
-                           "None, Ellipsis or NotImplemented: with three it builds a class "
-                           "with methods of the stream's choosing (the stand-in refuses it)")
-
-    def bounded_range(self, args):
-        if self.opaque(*args):
-            return _NEED
-        if not all(type(a) is int for a in args):
-            if all(type(a) in (int, bool, float, str) or a is None for a in args):
-                return None   # loading raises TypeError; nothing is refused
-            return ("needs-allow", dangers.BOMB, "builtins.range called with values computed "
-                    "at load time: the scan cannot check its size (the stand-in caps it at "
-                    f"{_sc.MAX_SAFE_RANGE} elements)", "builtins.range")
-        try:
-            size = len(range(*args))
-        except (TypeError, ValueError, OverflowError):
-            return None
-        except Exception:  # noqa: BLE001 - a range of more than sys.maxsize elements
-            size = _sc.MAX_SAFE_RANGE + 1
-        if size > _sc.MAX_SAFE_RANGE:
-            return self.refuse(dangers.BOMB, f"range of {size} elements: an allowed "
-                               f"constructor would materialize it (the stand-in refuses "
-                               f"more than {_sc.MAX_SAFE_RANGE})", "builtins.range")
-        return None
-
-    def bounded_fill(self, args):
-        if not args:
-            return None
-        first = args[0]
-        if self.opaque(first):
-            return _NEED
-        if type(first) is int:
-            if first > _sc.MAX_SAFE_FILL:
-                return self.refuse(dangers.BOMB, f"{self.dotted}({first}) zero-fills {first} "
-                                   f"bytes: pickle never writes a size here (the stand-in "
-                                   f"refuses more than {_sc.MAX_SAFE_FILL})", self.dotted)
-            return None
-        if _is_literal(first):
-            return None
-        return ("needs-allow", dangers.BOMB, f"{self.dotted} called with a value computed at "
-                "load time: the scan cannot check its size", self.dotted)
-
-    def fraction(self, args):
-        import re
-        if self.opaque(*args):
-            return _NEED
-        if len(args) == 1 and _is_str(args[0]):
-            text = args[0]
-            if type(text) is not str:
-                return self.refuse(dangers.BOMB, "fractions.Fraction of a very long string",
-                                   "fractions.Fraction")
-            if not re.fullmatch(r"\s*[-+]?\d+(/\d+)?\s*", text):
-                return self.refuse(dangers.BOMB, f"fractions.Fraction({text[:40]!r}) parses "
-                                   f"an exponent of any size (the stand-in refuses it)",
-                                   "fractions.Fraction")
-            return None
-        if all(_is_literal(a) for a in args):
-            return None
-        return ("needs-allow", dangers.BOMB, "fractions.Fraction called with values computed "
-                "at load time: the scan cannot check them", "fractions.Fraction")
-
-
-_CHECKS = {
-    _sc.reconstructor: _Checks.reconstructor, _sc.newobj: _Checks.newobj,
-    _sc.newobj_ex: _Checks.newobj_ex, _sc.codecs_encode: _Checks.codecs_encode,
-    _sc.enum_member: _Checks.getattr, _sc.type_of: _Checks.type_of,
-    _sc.bounded_range: _Checks.bounded_range, _sc.bounded_bytes: _Checks.bounded_fill,
-    _sc.bounded_bytearray: _Checks.bounded_fill, _sc.fraction: _Checks.fraction,
-}
-
-
-def _is_str(value) -> bool:
-    return type(value) is str or (type(value) is Payload and value.type is str)
-
-
-def _is_literal(value) -> bool:
-    return value is None or type(value) in (int, bool, float, str, bytes, complex)
-
-
 # --- the facts of one stream, from the survey or the machine --------------------------------------
 
 class _Facts:
@@ -544,10 +376,9 @@ class _Scanner:
         exact = dotted in self.policy.names
         if not exact and not self.policy.allows(module, name):
             # A preset's rules admit names by looking at the object, which means importing
-            # it; a rule that can tell from the name alone says so through scan_allows.
+            # it; the scan decides from the name alone (see _rule_admits).
             for rule in getattr(self.policy, "_rules", ()):
-                decide = getattr(rule, "scan_allows", None)
-                if decide is not None and decide(module, name):
+                if _rule_admits(rule, module, name):
                     return ("allowed", None)
             return ("refused", None)
         parts = name.split(".")
@@ -791,6 +622,7 @@ class _Scanner:
                 self._joblib_polyglot(plain, run, member, found)
         if facts.error is None and context != "joblib":
             self._check_limits(data, start, facts.end, member, found)
+            self._prechecks(data, start, facts.end, facts.protocol, member, found)
         if self.details and facts.globals and (facts.end - start) <= DETAIL_LIMIT \
                 and any(f.severity in ("dangerous", "needs-allow") and f.offset is not None
                         for f in found):
@@ -799,14 +631,14 @@ class _Scanner:
         if self.visitor is not None:
             self.visitor(data, start, member, context, facts)
         complete = facts.error is None
-        names = sorted({_dotted(*self._fixed(g[0], g[1], facts.protocol))
+        names = sorted({_dotted(*self.fixed(g[0], g[1], facts.protocol))
                         for g in facts.globals})
         info = PickleInfo(member, start, facts.end, facts.protocol, complete, names, context,
                           facts.machine)
         self.pickles.append(info)
         return (facts.end if complete else None), info
 
-    def _fixed(self, module: str, name: str, protocol: int) -> tuple[str, str]:
+    def fixed(self, module: str, name: str, protocol: int) -> tuple[str, str]:
         return _fix_python2(module, name) if protocol < 3 else (module, name)
 
     def _evaluate(self, facts: _Facts, member: str, context: str,
@@ -815,7 +647,7 @@ class _Scanner:
         and a check needs what only the machine knows."""
         protocol = facts.protocol
         for module, name, offset, opcode in facts.globals:
-            module, name = self._fixed(module, name, protocol)
+            module, name = self.fixed(module, name, protocol)
             verdict = self.name_finding(module, name)
             if verdict is not None:
                 severity, category, message, allow = verdict
@@ -829,7 +661,7 @@ class _Scanner:
                          f"it", offset=offset, member=member, allow=_dotted(module, name),
                          opcode=opcode, into=found)
         for index, offset, opcode, args, kwargs in facts.calls:
-            module, name = self._fixed(facts.globals[index][0], facts.globals[index][1],
+            module, name = self.fixed(facts.globals[index][0], facts.globals[index][1],
                                        protocol)
             state, stand_in = self.status(module, name)
             if state != "substitute" or opcode in ("NEWOBJ", "NEWOBJ_EX"):
@@ -838,20 +670,25 @@ class _Scanner:
                 return False
             if not isinstance(args, tuple):
                 continue   # loading raises TypeError: REDUCE needs a tuple
-            check = _CHECKS.get(stand_in)
+            check = _checks.check_for(stand_in)
             if check is not None:
-                outcome = check(_Checks(self, facts, module, name), args)
+                outcome = check(_checks.Call(self, facts, module, name, context, torch), args)
             else:
                 outcome = self._foreign_check(stand_in, facts, module, name, args, kwargs)
-            if outcome is _NEED:
+            if outcome is _checks.NEED:
                 if not facts.machine:
                     return False
                 outcome = ("needs-allow", NOT_ALLOWED, f"{_dotted(module, name)} is called "
-                           f"with arguments the scan cannot check", _dotted(module, name))
+                           f"with arguments the scan cannot check", None)
             if outcome is not None:
-                severity, category, message, allow = outcome
-                self.add(severity, category, _dotted(module, name), message, offset=offset,
-                         member=member, allow=allow, opcode=opcode, into=found)
+                severity, category, message, allow = outcome[:4]
+                shown = outcome[4] if len(outcome) > 4 else _dotted(module, name)
+                self.add(severity, category, shown, message, offset=offset, member=member,
+                         allow=allow, opcode=opcode, into=found)
+        if self._lazy_names(facts):
+            if not facts.machine:
+                return False
+            self._check_lazy_iterables(facts, member, found)
         for node in facts.unresolved:
             self._unresolved(node, member, found)
         if facts.pids:
@@ -887,7 +724,7 @@ class _Scanner:
                     f"whose checks the scan cannot apply; loading checks its arguments",
                     None)
         if not facts.machine:
-            return _NEED
+            return _checks.NEED
         try:
             refusal = scan_check(args, kwargs)
         except Exception as exc:  # noqa: BLE001 - a check that cannot decide
@@ -897,6 +734,72 @@ class _Scanner:
             return ("dangerous", dangers.CODE, f"{dotted}: {refusal} (the stand-in refuses "
                     f"it when loading)", None)
         return None
+
+    def _lazy_names(self, facts: _Facts) -> bool:
+        lazy = _policy_constant("LAZY_ITERABLES")
+        return bool(lazy) and any(self.fixed(g[0], g[1], facts.protocol) in lazy
+                                  for g in facts.globals)
+
+    def _check_lazy_iterables(self, facts: _Facts, member: str, found: list) -> None:
+        """As loading does: refuse a constructor that iterates an IP network (which may hold
+        2**128 addresses) the stream built (mason.unpickler's _check_lazy_iterables)."""
+        from ..format.machine import Call
+        lazy_names = _policy_constant("LAZY_ITERABLES")
+        iterating = _policy_constant("ITERATING_CONSTRUCTORS")
+        run = facts.run
+
+        def name_of(node):
+            found_name = facts.global_of(node)
+            return None if found_name is None else self.fixed(*found_name, facts.protocol)
+
+        def makes_lazy(call) -> bool:
+            first = call.args[0] if isinstance(call.args, tuple) and call.args else None
+            return name_of(call.func) in lazy_names or name_of(first) in lazy_names
+
+        lazy = {id(call) for call in run.calls if makes_lazy(call)}
+        for call in run.calls:
+            if name_of(call.func) in iterating and isinstance(call.args, tuple):
+                for arg in call.args:
+                    if isinstance(arg, Call) and id(arg) in lazy:
+                        func = ".".join(name_of(call.func))
+                        self.add("dangerous", dangers.BOMB, func, f"{func}() would iterate an "
+                                 f"IP network built at byte {arg.offset}: a network may hold "
+                                 f"up to 2**128 addresses (loading refuses it)",
+                                 offset=call.offset, member=member, into=found)
+
+    def _prechecks(self, data, start: int, end: int, protocol: int, member: str,
+                   found: list) -> None:
+        """The policy's own readings of a stream before it loads (a preset's check of numpy
+        dtypes), given a find_class that resolves names from the policy's lists without
+        importing anything."""
+        prechecks = getattr(self.policy, "_prechecks", ())
+        if not prechecks:
+            return
+        from ..errors import UnsafeGlobalError
+        stream_bytes = bytes(memoryview(data)[start:end])
+
+        def find_class(module, name):
+            module, name = self.fixed(module, name, protocol)
+            state, stand_in = self.status(module, name)
+            if state == "substitute":
+                return stand_in
+            if state in ("allowed", "wildcard"):
+                return _ADMITTED
+            raise UnsafeGlobalError(f"global {module}.{name} is not allowed")
+
+        for precheck in prechecks:
+            try:
+                precheck(stream_bytes, find_class)
+            except UnsafeGlobalError as exc:
+                self.add("dangerous", dangers.CODE, None, f"the policy's check before loading "
+                         f"refuses it: {exc}", member=member, into=found)
+            except LimitError as exc:
+                self.add("dangerous", dangers.BOMB, None, f"the policy's check before loading "
+                         f"refuses it: {exc}", member=member, into=found)
+            except Exception as exc:  # noqa: BLE001 - loading would fail the same way
+                self.add("needs-allow", NOT_ALLOWED, None, f"the policy's check before "
+                         f"loading cannot run: {type(exc).__name__}: {exc}", member=member,
+                         into=found)
 
     def _unresolved(self, node, member: str, found: list[Finding]) -> None:
         from ..format.machine import Extension
@@ -1001,7 +904,7 @@ class _Scanner:
         for node in plain.globals:
             if node.offset in seen:
                 continue
-            module, name = self._fixed(node.module, node.name, plain.protocol)
+            module, name = self.fixed(node.module, node.name, plain.protocol)
             self.add("dangerous", dangers.CODE, _dotted(module, name), "read as a plain "
                      "pickle (pickle.load instead of joblib.load), the bytes joblib takes for "
                      "array data import this global", offset=node.offset, member=member,
@@ -1076,6 +979,30 @@ class _Scanner:
         return ScanReport(source, worst, findings, fmt, self.pickles, size, self.policy)
 
 
+def _rule_admits(rule, module: str, name: str) -> bool:
+    """Whether a preset's rule admits ``module.name``, judged from the name alone.
+
+    A rule may say so itself (``rule.scan_allows(module, name)``).  The presets' rule for
+    private module paths (``mason.presets.PublicNameRule``) admits ``<package>.<private
+    module>.Name`` when ``Name`` is one of its public names and the path leads to the public
+    object; the scan cannot follow the path without importing, so it admits the name when it
+    has that shape, the module path walks through no dunder attribute and no module known to
+    be dangerous, and it names one of the public names.  Loading still checks that the path
+    leads to the public object, and refuses it otherwise.
+    """
+    decide = getattr(rule, "scan_allows", None)
+    if decide is not None:
+        return bool(decide(module, name))
+    package, public = getattr(rule, "package", None), getattr(rule, "public", None)
+    if not isinstance(package, str) or not isinstance(public, dict):
+        return False
+    if name not in public or not (module == package or module.startswith(package + ".")):
+        return False
+    if any(_is_dunder(part) for part in module.split(".")):
+        return False
+    return dangers.classify(module, name) is None
+
+
 def _merge(findings: list[Finding]) -> list[Finding]:
     """One finding per (member, severity, category, name, message): the first, counted."""
     merged: dict[tuple, Finding] = {}
@@ -1088,6 +1015,14 @@ def _merge(findings: list[Finding]) -> list[Finding]:
         else:
             first.count += finding.count
     return list(merged.values())
+
+
+_ADMITTED = object()   # what the scan's find_class gives for a name the policy admits
+
+
+def _policy_constant(name: str):
+    from .. import policy
+    return getattr(policy, name, frozenset())
 
 
 def _dotted(module: str, name: str) -> str:

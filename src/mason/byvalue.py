@@ -81,7 +81,7 @@ _PY311 = sys.version_info >= (3, 11)
 _BY_VALUE_MODULES: set[str] = set()
 # Bytes the plain dump path searches its output for: a pickle naming one of these modules
 # must be redone by value (see pickler.dumps).
-_BY_VALUE_NEEDLES: tuple[bytes, ...] = ()
+_BY_VALUE_NEEDLES: list[bytes] = []  # updated in place: the pickler holds this list
 
 
 def register_by_value(module) -> None:
@@ -120,8 +120,7 @@ def _module_name(module) -> str:
 
 
 def _update_needles() -> None:
-    global _BY_VALUE_NEEDLES
-    _BY_VALUE_NEEDLES = tuple(sorted(name.encode() for name in _BY_VALUE_MODULES))
+    _BY_VALUE_NEEDLES[:] = sorted(name.encode() for name in _BY_VALUE_MODULES)
 
 
 def _is_registered(module_name: str) -> bool:
@@ -135,14 +134,14 @@ def _is_registered(module_name: str) -> bool:
             return False
 
 
-def needs_by_value(data) -> bool:
+def needs_by_value(data, end: int) -> bool:
     """Whether a pickle written by the plain C pickler names something that travels by value
-    (``__main__``, or a registered module): a fast substring search, false positives only
-    cost a redo."""
-    if b"__main__" in data:
+    (``__main__``, or a registered module) in ``data[:end]``: a fast substring search;
+    false positives only cost a redo."""
+    if data.find(b"__main__", 0, end) >= 0:
         return True
     for needle in _BY_VALUE_NEEDLES:
-        if needle in data:
+        if data.find(needle, 0, end) >= 0:
             return True
     return False
 

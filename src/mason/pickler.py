@@ -25,6 +25,7 @@ How ``dumps`` runs, cheapest first:
 from __future__ import annotations
 
 import _pickle
+import builtins
 import io
 import os
 import pickle
@@ -98,8 +99,20 @@ def dumps(obj: Any, protocol: int | None = None, *, fix_imports: bool = True,
     ``key``: sign the pickle (HMAC-SHA256); ``mason.loads(data, key=...)`` verifies it and
     loads it trusted.
     """
-    proto = _protocol(protocol)
-    data = None
+    # The hot path for ordinary data: one C call, nothing else (see _refusing_import: this
+    # function runs with builtins whose __import__ makes that call fail for __main__).
+    if key is None and buffer_callback is None and fix_imports is True and by_value \
+            and type(obj) is not _FunctionType:
+        proto = DEFAULT_PROTOCOL if protocol is None else protocol
+        try:
+            return _c_dumps(obj, proto)
+        except Exception:
+            return _dumps_by_value(obj, proto, True, None)
+    return _dumps(obj, DEFAULT_PROTOCOL if protocol is None else protocol, fix_imports,
+                  buffer_callback, by_value, key)
+
+
+def _dumps(obj, proto, fix_imports, buffer_callback, by_value, key) -> bytes:
     if not by_value:
         try:
             data = _c_dumps(obj, proto, fix_imports=fix_imports,
@@ -111,26 +124,29 @@ def dumps(obj: Any, protocol: int | None = None, *, fix_imports: bool = True,
                 raise
             raise explain(exc, obj, proto, False) from exc
     else:
+        data = None
         # The plain C path first, unless a callback would see buffers twice (it may have
-        # side effects) or the object is itself a function or class (by value, likely).
-        if buffer_callback is None and type(obj) is not _FunctionType \
-                and not isinstance(obj, type):
+        # side effects) or the object is itself a function (by value, likely).
+        if buffer_callback is None and type(obj) is not _FunctionType:
             try:
                 data = _c_dumps(obj, proto, fix_imports=fix_imports)
             except Exception:
                 data = None
             else:
-                if _needs_by_value(data):
+                if _needs_by_value(data, len(data)):
                     data = None
         if data is None:
-            file = io.BytesIO()
-            Pickler(file, proto, fix_imports=fix_imports,
-                    buffer_callback=buffer_callback).dump(obj)
-            data = file.getvalue()
+            data = _dumps_by_value(obj, proto, fix_imports, buffer_callback)
     if key is not None:
         from .signing import seal
         data = seal(data, key)
     return data
+
+
+def _dumps_by_value(obj, proto, fix_imports, buffer_callback) -> bytes:
+    file = io.BytesIO()
+    Pickler(file, proto, fix_imports=fix_imports, buffer_callback=buffer_callback).dump(obj)
+    return file.getvalue()
 
 
 def dump(obj: Any, file, protocol: int | None = None, *, fix_imports: bool = True,
@@ -159,3 +175,83 @@ def dump(obj: Any, file, protocol: int | None = None, *, fix_imports: bool = Tru
         return
     Pickler(file, protocol, fix_imports=fix_imports, buffer_callback=buffer_callback,
             by_value=by_value).dump(obj)
+
+
+# --------------------------------------------------------------------------------------------
+# Finding __main__ in the plain path, at no cost
+#
+# A pickle that the plain C pickler would write with a reference to __main__ (or to a module
+# registered by value) must be made by value instead.  Scanning its output for those names
+# costs on every call; instead, the C pickler tells us.  To save a global it imports the
+# global's module with PyImport_Import, which calls the __import__ of the builtins of the
+# *current Python frame's globals* (documented in the C API).  During the plain call in
+# ``dumps`` that frame is ``dumps`` itself, so ``dumps`` runs with builtins whose __import__
+# refuses __main__ and the registered modules: the C call fails, and ``dumps`` falls back
+# to the by-value Pickler.  Every other function here keeps the real builtins (with
+# by_value=False, or in the Pickler, __main__ must stay importable by name).
+#
+# Should an interpreter not route the pickler's imports through that hook, a probe at
+# import finds out and ``dumps`` checks the output instead (``_dumps_checking``).
+
+class _ByValueNeeded(Exception):
+    """Raised by the import hook of the plain path: this pickle must be made by value."""
+
+
+_refusals = 0
+_real_import = builtins.__import__
+_registered = byvalue._BY_VALUE_MODULES  # a set, updated in place by register_by_value
+_is_registered = byvalue._is_registered
+
+
+def _refusing_import(name, *_):
+    # PyImport_Import discards what __import__ returns and takes the module from
+    # sys.modules: importing the name (and so its parents) is all that is asked for.
+    if name == "__main__" or _registered and _is_registered(name):
+        global _refusals
+        _refusals += 1
+        raise _ByValueNeeded(name)
+    return _real_import(name)
+
+
+def _with_builtins(func, builtins_dict):
+    namespace = dict(globals())
+    namespace["__builtins__"] = builtins_dict
+    clone = types.FunctionType(func.__code__, namespace, func.__name__, func.__defaults__,
+                               func.__closure__)
+    clone.__kwdefaults__ = func.__kwdefaults__
+    clone.__annotations__ = func.__annotations__
+    clone.__doc__ = func.__doc__
+    clone.__qualname__ = func.__qualname__
+    clone.__module__ = func.__module__
+    return clone
+
+
+def _dumps_checking(obj, protocol=None, *, fix_imports=True, buffer_callback=None,
+                    by_value=True, key=None):
+    """``dumps`` where the import hook does not fire: the plain output is searched."""
+    return _dumps(obj, DEFAULT_PROTOCOL if protocol is None else protocol, fix_imports,
+                  buffer_callback, by_value, key)
+
+
+def _probe(hooked):
+    """Whether the plain call of the hooked dumps reaches the import hook: pickling a class
+    that names __main__ as its module must."""
+    class Probe:
+        pass
+    Probe.__module__ = "__main__"
+    Probe.__qualname__ = "_mason_probe_of_the_import_hook"
+    before = _refusals
+    try:
+        hooked(Probe)
+    except Exception:
+        pass
+    return _refusals > before
+
+
+hooked = _with_builtins(dumps, {**builtins.__dict__, "__import__": _refusing_import})
+if _probe(hooked):
+    dumps = hooked
+else:  # pragma: no cover - an interpreter whose pickler imports another way
+    _dumps_checking.__doc__ = dumps.__doc__
+    dumps = _dumps_checking
+del hooked

@@ -123,6 +123,15 @@ def test_a_function_of_the_real_main_module_travels_by_value():
         assert b"in_main" in pickle.dumps(func) and b"_make_function" not in pickle.dumps(func)
         data = mason.dumps({"f": func})
         assert b"_make_function" in data
+        # strict mode writes what pickle writes: the reference
+        assert mason.dumps({"f": func}, by_value=False) == pickle.dumps({"f": func}, 5)
+        buf = io.BytesIO()
+        mason.Pickler(buf, 5, by_value=False).dump({"f": func})
+        assert buf.getvalue() == pickle.dumps({"f": func}, 5)
+        # and so do the other entry points of the default mode, by value
+        for proto in (0, 2, 5):
+            assert b"_make_function" in mason.dumps([func], proto)
+        assert b"_make_function" in mason.dumps([func], 5, fix_imports=False)
         del main.in_main
         assert mason.loads(data, trusted=True)["f"]() == "by value"
     finally:

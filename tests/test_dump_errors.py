@@ -194,3 +194,16 @@ def test_deep_structures_do_not_hit_the_recursion_limit_in_the_walk():
         deep = [deep]
     problems = check(deep)
     assert len(problems) == 1 and problems[0].path.endswith("[0][0][0]")
+
+
+def test_path_into_a_module_that_travels_by_value():
+    module = types.ModuleType("made_here")
+    module.LOCK = threading.Lock()
+
+    def uses_module():
+        return module.LOCK
+
+    err = dump_error({"helper": uses_module})
+    assert err.path == "obj['helper'].__closure__[0].cell_contents.LOCK"
+    assert "module made_here" in str(err) and "travels by value" in str(err)
+    assert "importable" in str(err)

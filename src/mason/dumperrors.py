@@ -144,10 +144,10 @@ def _walk(root, protocol, by_value, pickler, first_only) -> list[Unpicklable]:
     seen: set[int] = set()
     keep = []  # objects made by reductions, alive until the walk ends (their ids stay unique)
     problems: list[Unpicklable] = []
-    stack = [(root, _root_name(root))]
+    stack = [(root, _root_name(root), None)]
     visited = 0
     while stack:
-        obj, path = stack.pop()
+        obj, path, note = stack.pop()
         t = type(obj)
         if t in _ATOMIC and t is not bytearray:
             continue
@@ -169,11 +169,14 @@ def _walk(root, protocol, by_value, pickler, first_only) -> list[Unpicklable]:
         except RecursionError:
             raise
         except Exception as exc:
-            problems.append(_problem(obj, path, exc, by_value))
+            problems.append(_problem(obj, path, exc, by_value, note))
             if first_only:
                 break
             continue
-        stack.extend(reversed(children))
+        if type(obj) is types.ModuleType and children:
+            note = (f"it is reached through the module {obj.__name__}, which cannot be "
+                    "imported by name, so it travels by value with its whole namespace")
+        stack.extend((child, child_path, note) for child, child_path in reversed(children))
     return problems
 
 
@@ -236,6 +239,8 @@ def _reduce_children(obj, path, reduced, protocol):
         return _function_children(obj, path)
     if func in (byvalue._make_class, byvalue._make_enum, byvalue._make_namedtuple):
         return _class_children(obj, path, args, state)
+    if func is byvalue._make_module:
+        return [(value, _attr(path, name)) for name, value in args[2].items()]
     if isinstance(obj, functools.partial):
         out.append((obj.func, f"{path}.func"))
         out.extend((arg, f"{path}.args[{i}]") for i, arg in enumerate(obj.args))
@@ -381,11 +386,16 @@ def _mro_names(t) -> set[str]:
     return {_type_name(base) for base in getattr(t, "__mro__", (t,))}
 
 
-def _problem(obj, path, exc, by_value) -> Unpicklable:
+def _problem(obj, path, exc, by_value, note=None) -> Unpicklable:
     t = type(obj)
     error = str(exc) or type(exc).__name__
     why, fix = _why(obj, t, by_value, error)
-    return Unpicklable(path, _type_name(t), error, why, fix.format(type=_type_name(t)))
+    fix = fix.format(type=_type_name(t))
+    if note:
+        why = f"{why}; {note}" if why else note
+        fix += ("; or make that module importable where the pickle is loaded (mason then "
+                "pickles it by name)")
+    return Unpicklable(path, _type_name(t), error, why, fix)
 
 
 def _why(obj, t, by_value, error=""):

@@ -42,6 +42,7 @@ static unsigned char light[256];
 /* The whole size of an opcode the light pass only skips (no argument, or a fixed-size one
  * that it does not read, and no global), else 0. */
 static unsigned char step[256];
+static int memoize_code = -1;   /* the MEMOIZE opcode, which may sit between a name and STACK_GLOBAL */
 #define STEP_LEN1 0xFF   /* in step[]: a 1-byte length follows, then that many bytes */
 static PyObject *LimitError;   /* mason.errors.LimitError */
 
@@ -576,6 +577,8 @@ load_table(void)
         op->proto = (unsigned char)proto;
         op->is_str = (unsigned char)is_str;
         Py_XSETREF(op->name, name);
+        if (op->role == ROLE_MEMOIZE)
+            memoize_code = (int)code;
         if (op->role == ROLE_PUT)
             light[code] = op->arg >= ARG_LINE ? L_PUT_LINE : L_PUT_FIXED;
         else if (op->role == ROLE_GET && op->arg >= ARG_LINE)
@@ -615,6 +618,58 @@ pack(Py_ssize_t end, int proto, int imports, int stopped)
 }
 
 static PyObject *
+decoded_pair(const unsigned char *module, Py_ssize_t module_len, const unsigned char *name,
+             Py_ssize_t name_len, const char *errors)
+{
+    PyObject *first = PyUnicode_DecodeUTF8((const char *)module, module_len, errors);
+    if (first == NULL)
+        return NULL;
+    PyObject *second = PyUnicode_DecodeUTF8((const char *)name, name_len, errors);
+    if (second == NULL) {
+        Py_DECREF(first);
+        return NULL;
+    }
+    return Py_BuildValue("(NN)", first, second);
+}
+
+/* For the light pass: append the names of the global op at ``start`` to ``names``, or
+ * return 1 when they cannot be read off the stream.  GLOBAL
+ * carries them inline; a pickler writes STACK_GLOBAL right after two 1-byte-length str
+ * literals, each maybe followed by MEMOIZE, and that exact shape is all we accept.
+ * Returns -1 on a Python error. */
+static int
+light_name(PyObject *names, const unsigned char *buf, Py_ssize_t end, Py_ssize_t start,
+           Py_ssize_t last_len1, Py_ssize_t prev_len1)
+{
+    const OpInfo *op = &ops[buf[start]];
+    PyObject *pair = NULL;
+    if (op->arg == ARG_LINE2 && op->role == ROLE_PUSH) {   /* GLOBAL */
+        const unsigned char *nl1 = memchr(buf + start + 1, '\n', (size_t)(end - start - 1));
+        const unsigned char *nl2 = nl1 ? memchr(nl1 + 1, '\n', (size_t)(buf + end - nl1 - 1)) : NULL;
+        if (nl2 != NULL)
+            pair = decoded_pair(buf + start + 1, nl1 - (buf + start + 1), nl1 + 1, nl2 - nl1 - 1,
+                                "strict");
+    }
+    else if (op->arg == ARG_NONE && op->pops == 2 && prev_len1 >= 0) {   /* STACK_GLOBAL */
+        const Py_ssize_t a = prev_len1, b = last_len1;
+        const Py_ssize_t ea = a + 2 + buf[a + 1], eb = b + 2 + buf[b + 1];
+        if (ops[buf[a]].is_str && ops[buf[b]].is_str
+            && (b == ea || (b == ea + 1 && buf[ea] == memoize_code))
+            && (start == eb || (start == eb + 1 && buf[eb] == memoize_code)))
+            pair = decoded_pair(buf + a + 2, buf[a + 1], buf + b + 2, buf[b + 1], "surrogatepass");
+    }
+    if (pair == NULL) {
+        if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+            return -1;
+        PyErr_Clear();
+        return 1;   /* unreadable: the caller gives up on names */
+    }
+    int failed = PyList_Append(names, pair);
+    Py_DECREF(pair);
+    return failed ? -1 : 0;
+}
+
+static PyObject *
 check(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer view;
@@ -633,6 +688,10 @@ check(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t pos = 0;
     int imports = 0, proto = 0;
     PyObject *ret = NULL;
+    /* The names of the globals, read as the pass goes (see light_name()); None once one
+     * cannot be read off the stream. */
+    PyObject *names = NULL;
+    Py_ssize_t last_len1 = -1, prev_len1 = -1;   /* where the last two 1-byte-length ops start */
 
     if (end > max_depth) {
         StreamCheck full;
@@ -660,11 +719,28 @@ check(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (skip) {
             /* A 1-byte-length string is the other common opcode; a length that runs past
              * the end leaves pos past it, which reads as incomplete above. */
-            pos += skip != STEP_LEN1 ? skip : (pos + 1 < end ? 2 + buf[pos + 1] : 2);
+            if (skip != STEP_LEN1)
+                pos += skip;
+            else {
+                prev_len1 = last_len1;
+                last_len1 = pos;
+                pos += pos + 1 < end ? 2 + buf[pos + 1] : 2;
+            }
             continue;
         }
         const Py_ssize_t start = pos++;
-        imports |= ops[code].imports;
+        if (ops[code].imports) {
+            imports = 1;
+            if (names == NULL && (names = PyList_New(0)) == NULL)
+                goto done;
+            if (names != Py_None) {
+                const int r = light_name(names, buf, end, start, last_len1, prev_len1);
+                if (r < 0)
+                    goto done;
+                if (r > 0)
+                    Py_SETREF(names, Py_NewRef(Py_None));
+            }
+        }
         switch (light[code]) {
         case L_LEN: {
             const int size = arg_size[ops[code].arg];
@@ -711,10 +787,10 @@ check(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             continue;
         case L_STOP:
             ret = PyLong_FromSsize_t(pack(pos, proto, imports, 0));
-            goto done;
+            goto finished;
         case L_UNKNOWN:
             ret = PyLong_FromSsize_t(pack(pos, proto, imports, 1));
-            goto done;
+            goto finished;
         default: {   /* L_LINE, L_LINE2, L_GET_LINE, L_PUT_LINE */
             const Py_ssize_t line_start = pos;
             for (int i = light[code] == L_LINE2 ? 2 : 1; i > 0; i--) {
@@ -741,8 +817,15 @@ check(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 incomplete:
     ret = Py_NewRef(Py_None);
 done:
+    Py_XDECREF(names);
     PyBuffer_Release(&view);
     return ret;
+finished:
+    /* A stream that names globals gets (packed, names): the caller need not read again. */
+    if (ret != NULL && names != NULL) {
+        ret = Py_BuildValue("(NO)", ret, names);   /* N: the tuple takes ret's reference */
+    }
+    goto done;
 }
 
 

@@ -279,6 +279,8 @@ def check(data, max_depth: int, memo_slack: int) -> int | None:
         return _pack(pos, full.proto, full.imports, full.stopped_at is not None)
     pos = proto = 0
     imports = False
+    names: list | None = None
+    last_len1 = prev_len1 = -1   # where the last two 1-byte-length ops start
     while True:
         if pos >= end:
             return None
@@ -286,11 +288,22 @@ def check(data, max_depth: int, memo_slack: int) -> int | None:
         start = pos
         pos += 1
         if op is None:
-            return _pack(pos, proto, imports, True)
-        imports = imports or op.imports or op.persistent
+            return _with_names(_pack(pos, proto, imports, True), names)
+        if op.imports or op.persistent:
+            imports = True
+            if names is None:
+                names = []
+            if names is not _UNREADABLE:
+                pair = _light_name(view, end, start, last_len1, prev_len1)
+                if pair is None:
+                    names = _UNREADABLE
+                else:
+                    names.append(pair)
         arg, role = op.arg, op.role
         if role is Role.STOP:
-            return _pack(pos, proto, imports, False)
+            return _with_names(_pack(pos, proto, imports, False), names)
+        if arg is Arg.LEN1:
+            prev_len1, last_len1 = last_len1, start
         if arg is Arg.NONE:
             continue
         if arg <= Arg.FIXED8:
@@ -329,6 +342,45 @@ def check(data, max_depth: int, memo_slack: int) -> int | None:
                     return _pack(pos, proto, imports, True)
                 if role is Role.PUT and value > memo_slack + start:
                     raise _memo_error(value, start, op.name, memo_slack)
+
+
+_UNREADABLE = object()
+_MEMOIZE = next(op.code for op in OPCODES if op.role is Role.MEMOIZE)
+
+
+def _with_names(packed: int, names):
+    """A stream that names globals gets ``(packed, names)``, ``names`` being None when one
+    cannot be read off the stream; see check()."""
+    if names is None:
+        return packed
+    return packed, (None if names is _UNREADABLE else names)
+
+
+def _light_name(view, end: int, start: int, last_len1: int, prev_len1: int):
+    """The (module, name) of the global opcode at ``start``, for the light pass, or None.
+
+    GLOBAL carries them inline; a pickler writes STACK_GLOBAL right after two 1-byte-length
+    str literals, each maybe followed by MEMOIZE, and that exact shape is all we accept."""
+    op = _TABLE[view[start]]
+    try:
+        if op.arg is Arg.LINE2 and op.role is Role.PUSH:   # GLOBAL
+            nl1 = _find_newline(view, start + 1, end)
+            nl2 = _find_newline(view, nl1 + 1, end) if nl1 >= 0 else -1
+            if nl2 < 0:
+                return None
+            return (bytes(view[start + 1:nl1]).decode("utf-8"),
+                    bytes(view[nl1 + 1:nl2]).decode("utf-8"))
+        if op.arg is Arg.NONE and op.pops == 2 and prev_len1 >= 0:   # STACK_GLOBAL
+            a, b = prev_len1, last_len1
+            ea, eb = a + 2 + view[a + 1], b + 2 + view[b + 1]
+            if _TABLE[view[a]].pushes_str and _TABLE[view[b]].pushes_str \
+                    and (b == ea or (b == ea + 1 and view[ea] == _MEMOIZE)) \
+                    and (start == eb or (start == eb + 1 and view[eb] == _MEMOIZE)):
+                return (bytes(view[a + 2:ea]).decode("utf-8", "surrogatepass"),
+                        bytes(view[b + 2:eb]).decode("utf-8", "surrogatepass"))
+    except UnicodeDecodeError:
+        pass
+    return None
 
 
 def _pack(end: int, proto: int, imports: bool, stopped: bool) -> int:

@@ -41,7 +41,9 @@ __all__ = ["Unpickler", "loads", "load"]
 _CHUNK = 1 << 16
 _DEFAULT_LIMITS = Limits()
 _DEFAULT_POLICY = Policy.default()
-_NO_FILE = io.BytesIO()   # loads() hands its Unpickler the bytes directly
+_NO_FILE = io.BytesIO()
+_NOT_READ = object()   # loads: the check did not read the stream's global names
+_pickle_loads = _pickle.loads   # loads() hands its Unpickler the bytes directly
 _MISSING = object()
 # Errors the C engine raises on a malformed stream (rather than from code the stream calls).
 _ENGINE_ERRORS = (_pickle.UnpicklingError, ValueError, struct.error, IndexError, KeyError,
@@ -542,36 +544,53 @@ def loads(data, /, *, fix_imports: bool = True, encoding: str = "ASCII",
         trusted = trusted or (allow is None and policy is None)
     # This is the hot path: one compiled check, then the C engine.  Keep it short.
     if limits is None:
-        if policy is not None and not isinstance(policy, Policy):
+        if policy is None:
+            limits = _DEFAULT_LIMITS
+        elif isinstance(policy, Policy):
+            limits = policy.limits
+        else:
             raise TypeError(f"policy must be a mason.Policy, not {type(policy).__name__}")
-        limits = policy.limits if policy is not None else _DEFAULT_LIMITS
     if isinstance(data, str):
         raise TypeError("a bytes-like object is required, not 'str'")
-    packed = _check(data, limits.max_depth, limits.memo_slack)
-    if packed is None:
+    checked = _check(data, limits.max_depth, limits.memo_slack)
+    if type(checked) is int:
+        packed, names = checked, _NOT_READ
+    elif checked is None:
         # Raises the truncation error with details, unless the full check stops earlier at a
         # malformed opcode: then let the engine report it, on the policy path to be safe.
         check, end = _check_bytes(data, limits)
-        packed = end << 10 | 3
+        packed, names = end << 10 | 3, None
+    else:
+        packed, names = checked   # the stream names globals; names None if not all readable
     if packed & 1:   # stopped at a malformed opcode: the engine must not read past it
         data = memoryview(data)[:packed >> 10]
-    if not packed & 2:
-        # No global, extension or persistent id: nothing in the stream can be called.
-        return _engine_loads(data, limits, fix_imports, encoding, errors, buffers)
-    if not packed & 1 and not renames:
-        # Names globals: if each is read off the stream and the policy resolves it to
-        # itself, the engine's own import gives the same objects, and loads them faster
-        # than the find_class hook can.
+    # Straight to the C engine when the stream names no global (then nothing in it can be
+    # called), or when every global it names is read off the stream and the policy
+    # resolves it to itself: the engine's own import then yields the very same objects.
+    direct = not packed & 2
+    if not direct and not packed & 1 and not renames:
         if trusted:
             _make_policy(allow, policy, trusted, limits)   # refuses trusted with an allowlist
-            return _engine_loads(data, limits, fix_imports, encoding, errors, buffers)
-        proto = (packed >> 2) & 0xFF
-        names = _global_names(data)
-        if names is not None:
-            rules = _DEFAULT_POLICY if allow is None and policy is None else \
-                _make_policy(allow, policy, trusted, limits)[0]
-            if _load_plainly(rules, names, proto, fix_imports):
-                return _engine_loads(data, limits, fix_imports, encoding, errors, buffers)
+            direct = True
+        else:
+            if names is _NOT_READ:
+                names = _global_names(data)
+            if names is not None:
+                rules = _DEFAULT_POLICY if allow is None and policy is None else \
+                    _make_policy(allow, policy, trusted, limits)[0]
+                direct = _load_plainly(rules, names, (packed >> 2) & 0xFF, fix_imports)
+    if direct:
+        try:
+            if buffers is None and fix_imports and encoding == "ASCII" and errors == "strict":
+                return _pickle_loads(data)
+            return _pickle_loads(data, fix_imports=fix_imports, encoding=encoding,
+                                 errors=errors, buffers=buffers)
+        except MasonError:
+            raise   # raised by an allowed callable of mason's, e.g. a signed envelope's
+        except _ENGINE_ERRORS as exc:
+            raise _malformed(exc, data, limits) from exc
+        except EOFError as exc:
+            raise TruncatedPickleError(str(exc)) from exc
     if renames or buffers is not None or not fix_imports or encoding != "ASCII" \
             or errors != "strict":
         unpickler = Unpickler(_NO_FILE, fix_imports=fix_imports, encoding=encoding,
@@ -583,19 +602,6 @@ def loads(data, /, *, fix_imports: bool = True, encoding: str = "ASCII",
         policy, limits = _make_policy(allow, policy, trusted, limits)
         unpickler = Unpickler._for_bytes(policy, limits)
     return unpickler._load_checked(data, (packed >> 2) & 0xFF)
-
-
-def _engine_loads(data, limits, fix_imports, encoding, errors, buffers):
-    """The C engine's loads, for checked data whose globals (if any) the policy admits."""
-    try:
-        return _pickle.loads(data, fix_imports=fix_imports, encoding=encoding,
-                             errors=errors, buffers=buffers)
-    except MasonError:
-        raise   # raised by mason's own reconstructors: already says what is wrong
-    except _ENGINE_ERRORS as exc:
-        raise _malformed(exc, data, limits) from exc
-    except EOFError as exc:
-        raise TruncatedPickleError(str(exc)) from exc
 
 
 def _load_plainly(policy: Policy, names, proto: int, fix_imports: bool) -> bool:

@@ -140,9 +140,12 @@ def test_not_safe_means_loading_refuses_or_fails_for_plain_pickles(sample):
     try:
         mason.loads(sample.data, policy=sample.policy())
     except mason.UnsafeGlobalError as exc:
+        # Refused: for a name the scan reported, unless the name is computed while loading
+        # (a computed import, or a getattr the scan reported as a gadget).
         reported = {f.name for f in report.findings} | {f.allow for f in report.findings}
-        computed = any(f.category == "unknown import" for f in report.findings)
-        assert set(exc.names) & reported or not exc.names or computed, \
+        runtime = any(f.category in ("unknown import", "attribute-access gadget")
+                      for f in report.findings)
+        assert set(exc.names) & reported or not exc.names or runtime, \
             (exc.names, str(report))
     except (mason.UnpicklingError, mason.LimitError, ValueError, TypeError, EOFError,
             AttributeError, ImportError, IndexError, KeyError):
@@ -150,8 +153,9 @@ def test_not_safe_means_loading_refuses_or_fails_for_plain_pickles(sample):
     else:
         # Loaded: only possible when the scan's objection is not a refusal at load time:
         # persistent ids, or a stand-in call the scan could not check.
-        severities = {f.severity for f in report.findings}
-        assert severities <= {"needs-allow", "note"}, str(report)
+        # (mason.loads reads one pickle: data after it is the file's problem, not the load's.)
+        assert all(f.severity in ("needs-allow", "note") or "after the last pickle" in
+                   f.message for f in report.findings), str(report)
 
 
 @pytest.mark.parametrize("sample", SAMPLES, ids=lambda s: s.name)
@@ -237,8 +241,11 @@ def test_the_policy_limits_apply():
     data = pickle.dumps([[[[1]]]], 4)
     assert scan(data).ok
     tight = mason.Policy.default().with_limits(mason.Limits(max_depth=3))
-    report = scan(data * 1 + b"", tight)
-    assert report.ok   # a stream this short cannot nest deeper than its length
+    report = scan(data, tight)
+    assert report.verdict.value == "dangerous"
+    assert report.findings[0].category == "resource bomb"
+    with pytest.raises(mason.LimitError):
+        mason.loads(data, policy=tight)
     deep = corpus.proto(2) + corpus.EMPTY_LIST * 60 + corpus.APPEND * 59 + corpus.STOP
     assert scan(deep, limits=mason.Limits(max_depth=50)).verdict.value == "dangerous"
     assert scan(deep).ok

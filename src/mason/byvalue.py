@@ -410,6 +410,12 @@ class _Context:
         # lambdas of one name carry one header call.
         self.headers: dict[tuple, _Call] = {}
 
+    def reset(self) -> None:
+        """Forget everything pickled (with the pickler's memo: ``clear_memo``)."""
+        self.globals_ref.clear()
+        self.cells.clear()
+        self.headers.clear()
+
     def header(self, kind: str, module, qualname) -> _Call:
         key = (kind, module, qualname)
         header = self.headers.get(key)
@@ -433,12 +439,13 @@ class _Context:
         return False
 
 
-def make_hook(pickler=None, user_hook=None):
+def make_hook(pickler=None, user_hook=None, ctx=None):
     """The ``reducer_override`` of a by-value Pickler: a plain function (fast to call) that
-    closes over its context, not over the pickler.  ``user_hook``, a subclass's own
-    ``reducer_override``, is consulted first; by value applies where it returns
-    NotImplemented."""
-    ctx = _Context(pickler)
+    closes over its context (``ctx``, made here if not given), not over the pickler.
+    ``user_hook``, a subclass's own ``reducer_override``, is consulted first; by value
+    applies where it returns NotImplemented."""
+    if ctx is None:
+        ctx = _Context(pickler)
     reducers = _REDUCERS
     reduce_class = _reduce_class
 

@@ -29,6 +29,7 @@ import builtins
 import io
 import os
 import pickle
+import threading
 import types
 import weakref
 from typing import Any, Callable
@@ -68,14 +69,23 @@ class Pickler(_pickle.Pickler):
                          buffer_callback=buffer_callback)
         self._mason = (_protocol(protocol), by_value)
         if by_value:
+            # The context refers to the pickler weakly: no cycle keeps either alive.
+            self._by_value_ctx = ctx = byvalue._Context(self)
             own = getattr(type(self), "reducer_override", None)
             if own is None:
-                self.reducer_override = byvalue.make_hook(self)
+                self.reducer_override = byvalue.make_hook(self, ctx=ctx)
             else:
                 # A weak method: the hook must not keep the pickler alive (nor what it pickled).
                 method = weakref.WeakMethod(getattr(self, "reducer_override"))
                 self.reducer_override = byvalue.make_hook(
-                    self, user_hook=lambda obj: method()(obj))
+                    self, user_hook=lambda obj: method()(obj), ctx=ctx)
+
+    def clear_memo(self) -> None:
+        """Forget the objects pickled so far (as pickle's), and what by value recorded of them."""
+        super().clear_memo()
+        ctx = getattr(self, "_by_value_ctx", None)
+        if ctx is not None:
+            ctx.reset()
 
     def dump(self, obj: Any) -> None:
         """Write the pickle of ``obj`` to the file."""
@@ -143,10 +153,45 @@ def _dumps(obj, proto, fix_imports, buffer_callback, by_value, key) -> bytes:
     return data
 
 
+class _Reusable:
+    """A by-value Pickler kept per thread and protocol: making one costs more than pickling
+    a small function with it."""
+
+    __slots__ = ("file", "pickler", "busy")
+
+    def __init__(self, proto):
+        self.file = io.BytesIO()
+        self.pickler = Pickler(self.file, proto)
+        self.busy = False
+
+
+_local = threading.local()
+
+
 def _dumps_by_value(obj, proto, fix_imports, buffer_callback) -> bytes:
-    file = io.BytesIO()
-    Pickler(file, proto, fix_imports=fix_imports, buffer_callback=buffer_callback).dump(obj)
-    return file.getvalue()
+    if fix_imports is not True or buffer_callback is not None:
+        file = io.BytesIO()
+        Pickler(file, proto, fix_imports=fix_imports,
+                buffer_callback=buffer_callback).dump(obj)
+        return file.getvalue()
+    cache = getattr(_local, "picklers", None)
+    if cache is None:
+        cache = _local.picklers = {}
+    reusable = cache.get(proto)
+    if reusable is None:
+        reusable = cache[proto] = _Reusable(proto)
+    elif reusable.busy:  # a __reduce__ pickling by value in the middle of a dump
+        reusable = _Reusable(proto)
+    reusable.busy = True
+    file = reusable.file
+    try:
+        reusable.pickler.dump(obj)
+        return file.getvalue()
+    finally:
+        reusable.pickler.clear_memo()  # drops what was pickled, and the by-value records
+        file.seek(0)
+        file.truncate()
+        reusable.busy = False
 
 
 def dump(obj: Any, file, protocol: int | None = None, *, fix_imports: bool = True,

@@ -224,3 +224,70 @@ def test_pickle_compatible_signatures():
     mason.dump(1, buf, 2, fix_imports=True)
     mason.Pickler(buf, 4, fix_imports=False)
     assert mason.dumps([1]) == pickle.dumps([1], 5)
+
+
+def test_clear_memo_forgets_the_by_value_records_too():
+    def make():
+        shared = [1]
+
+        def f():
+            return shared
+
+        def g():
+            return len(shared)
+        return f, g
+
+    f, g = make()
+    buf = io.BytesIO()
+    p = mason.Pickler(buf)
+    p.dump(f)
+    first = buf.getvalue()
+    p.clear_memo()
+    p.dump(g)
+    second = buf.getvalue()[len(first):]
+    assert b"_cell_of" not in second  # the second pickle stands alone
+    assert mason.loads(second, trusted=True)() == 1
+    # without clear_memo, the second refers to what the first pickled
+    buf = io.BytesIO()
+    p = mason.Pickler(buf)
+    p.dump(f)
+    p.dump(g)
+    assert b"_cell_of" in buf.getvalue()
+    buf.seek(0)
+    unpickler = mason.Unpickler(buf, trusted=True)  # one memo for both, as pickle's
+    f2, g2 = unpickler.load(), unpickler.load()
+    assert f2() == [1] and g2() == 1
+    assert f2.__closure__[0] is g2.__closure__[0]
+
+
+class ReducesWithMason:
+    """Its __reduce__ pickles by value itself, in the middle of an outer dump."""
+
+    def __reduce__(self):
+        inner = mason.dumps(lambda: "inner")
+        return (_load_trusted, (inner,))
+
+
+def _load_trusted(data):
+    return mason.loads(data, trusted=True)
+
+
+def test_dumps_inside_a_dump_and_from_threads():
+    obj = [ReducesWithMason(), lambda: "outer"]
+    inner, outer = mason.loads(mason.dumps(obj), trusted=True)
+    assert inner() == "inner" and outer() == "outer"
+
+    results = []
+
+    def work(n):
+        fs = [lambda x, n=n, i=i: x + n + i for i in range(50)]
+        for _ in range(20):
+            loaded = mason.loads(mason.dumps(fs), trusted=True)
+            results.append(sum(f(0) for f in loaded) == 50 * n + sum(range(50)))
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results and all(results)

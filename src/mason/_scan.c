@@ -42,7 +42,7 @@ static OpInfo ops[256];
 
 /* Model values: 16 bytes.  The kind sits in the top byte of b; STR keeps its payload kind
  * (the width of its length field: 1, 4 or 8) in the next byte and its length below. */
-enum { K_OTHER, K_STR, K_INT, K_NONE, K_TRUE, K_FALSE, K_GLOB, K_TUP };
+enum { K_OTHER, K_STR, K_INT, K_NONE, K_TRUE, K_FALSE, K_GLOB, K_TUP, K_EMPTY = 0xFF };
 typedef struct { int64_t a; uint64_t b; } Entry;
 #define KIND(e) ((int)((e).b >> 56))
 #define LOW(e) ((e).b & (((uint64_t)1 << 48) - 1))
@@ -60,11 +60,11 @@ typedef struct {
     Entry *stack; Py_ssize_t nstack, capstack;
     Py_ssize_t *marks; Py_ssize_t nmarks, capmarks;
     Entry *arena; Py_ssize_t narena, caparena;
-    /* memo: slot[index] is 0 when empty, else 1 + the entry's index in memo_values */
-    uint32_t *slot; Py_ssize_t capslot;
-    Entry *memo_values; Py_ssize_t nvalues, capvalues;
+    /* memo: one entry per index; the kind K_EMPTY marks an index never written */
+    Entry *memo; Py_ssize_t capmemo;
     Py_ssize_t memo_len;
     long budget;
+    int tuples;   /* model tuples (keep their items): from the first watched global on */
     PyObject *globals, *calls, *persistent, *watch;
 } Survey;
 
@@ -244,6 +244,15 @@ add_global(Survey *s, PyObject *module, PyObject *name, Py_ssize_t offset, const
     if (item == NULL)
         return ERROR;
     int failed = PyList_Append(s->globals, item);
+    if (!failed && !s->tuples && s->watch != NULL) {
+        PyObject *key = PyTuple_GetSlice(item, 0, 2);
+        int watched = key ? PySet_Contains(s->watch, key) : -1;
+        Py_XDECREF(key);
+        if (watched < 0)
+            failed = 1;
+        else if (watched)
+            s->tuples = 1;
+    }
     Py_DECREF(item);
     if (failed)
         return ERROR;
@@ -262,20 +271,28 @@ inline_global(Survey *s, Py_ssize_t arg_at, Py_ssize_t arg_end, Py_ssize_t offse
                       utf8(nl + 1, arg_end - arg_at - mlen - 2, "strict"), offset, op, out);
 }
 
+/* Whether func is a global of the watch set: 1 yes, 0 no, -1 error. */
+static int
+watched(Survey *s, Entry func)
+{
+    if (KIND(func) != K_GLOB || s->watch == NULL)
+        return 0;
+    PyObject *g = PyList_GET_ITEM(s->globals, func.a);
+    PyObject *key = PyTuple_GetSlice(g, 0, 2);
+    if (key == NULL)
+        return -1;
+    int found = PySet_Contains(s->watch, key);
+    Py_DECREF(key);
+    return found;
+}
+
 static int
 record_call(Survey *s, Entry func, Entry args, Entry *kwargs, Py_ssize_t offset,
             const OpInfo *op)
 {
-    if (KIND(func) != K_GLOB || s->watch == NULL)
-        return OK;
-    PyObject *g = PyList_GET_ITEM(s->globals, func.a);
-    PyObject *key = PyTuple_GetSlice(g, 0, 2);
-    if (key == NULL)
-        return ERROR;
-    int watched = PySet_Contains(s->watch, key);
-    Py_DECREF(key);
-    if (watched <= 0)
-        return watched;
+    int w = watched(s, func);
+    if (w <= 0)
+        return w;
     PyObject *a = value(s, args, 0);
     if (a == NULL)
         return PyErr_Occurred() ? ERROR : GIVE_UP;
@@ -299,23 +316,15 @@ memo_set(Survey *s, Py_ssize_t offset, int64_t index, Entry e)
 {
     if (index > (int64_t)(offset - s->start) + MEMO_SLACK)
         return GIVE_UP;
-    if (index >= s->capslot) {
-        Py_ssize_t old = s->capslot;
-        if (grow((void **)&s->slot, &s->capslot, (Py_ssize_t)index + 1, sizeof(uint32_t)) < 0)
+    if (index >= s->capmemo) {
+        Py_ssize_t old = s->capmemo;
+        if (grow((void **)&s->memo, &s->capmemo, (Py_ssize_t)index + 1, sizeof(Entry)) < 0)
             return ERROR;
-        memset(s->slot + old, 0, (size_t)(s->capslot - old) * sizeof(uint32_t));
+        memset(s->memo + old, 0xFF, (size_t)(s->capmemo - old) * sizeof(Entry));
     }
-    if (s->slot[index] == 0) {
-        if (s->nvalues >= 0xFFFFFFF0)
-            return GIVE_UP;
-        if (grow((void **)&s->memo_values, &s->capvalues, s->nvalues + 1, sizeof(Entry)) < 0)
-            return ERROR;
-        s->memo_values[s->nvalues] = e;
-        s->slot[index] = (uint32_t)(++s->nvalues);
+    if (KIND(s->memo[index]) == K_EMPTY)
         s->memo_len++;
-    }
-    else
-        s->memo_values[s->slot[index] - 1] = e;
+    s->memo[index] = e;
     return OK;
 }
 
@@ -339,7 +348,8 @@ survey(PyObject *module, PyObject *args)
 {
     PyObject *data, *watch = NULL;
     Py_ssize_t start = 0;
-    if (!PyArg_ParseTuple(args, "O|nO:survey", &data, &start, &watch))
+    int keep_tuples = 0;
+    if (!PyArg_ParseTuple(args, "O|nOp:survey", &data, &start, &watch, &keep_tuples))
         return NULL;
     Py_buffer view;
     if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
@@ -355,6 +365,7 @@ survey(PyObject *module, PyObject *args)
     s.n = view.len;
     s.start = start;
     s.budget = VALUE_BUDGET;
+    s.tuples = keep_tuples;
     s.watch = (watch != NULL && PyAnySet_Check(watch)) ? watch : NULL;
     if (watch != NULL && s.watch == NULL && watch != Py_None) {
         /* any iterable of pairs: make it a frozenset */
@@ -499,7 +510,10 @@ survey(PyObject *module, PyObject *args)
             break;
         case A_TUPLE:
             GIVE(operands(&s, op, &base, &count));
-            GIVE(make_tuple(&s, base, count, &e));
+            if (s.tuples)
+                GIVE(make_tuple(&s, base, count, &e));
+            else
+                e = make(K_OTHER, 0, 0);
             GIVE(push(&s, e));
             break;
         case A_STACK_GLOBAL: {
@@ -528,17 +542,27 @@ survey(PyObject *module, PyObject *args)
         case A_OBJ: {
             GIVE(operands(&s, op, &base, &count));
             Entry f = s.stack[base], t;
-            GIVE(make_tuple(&s, base + 1, count - 1, &t));
-            GIVE(record_call(&s, f, t, NULL, offset, op));
+            int w = watched(&s, f);
+            if (w < 0)
+                GIVE(ERROR);
+            if (w) {
+                GIVE(make_tuple(&s, base + 1, count - 1, &t));
+                GIVE(record_call(&s, f, t, NULL, offset, op));
+            }
             GIVE(push(&s, make(K_OTHER, 0, 0)));
             break;
         }
         case A_INST: {
             GIVE(operands(&s, op, &base, &count));
             Entry t, g;
-            GIVE(make_tuple(&s, base, count, &t));
             GIVE(inline_global(&s, arg_at, pos, offset, op, &g));
-            GIVE(record_call(&s, g, t, NULL, offset, op));
+            int w = watched(&s, g);
+            if (w < 0)
+                GIVE(ERROR);
+            if (w) {
+                GIVE(make_tuple(&s, base, count, &t));
+                GIVE(record_call(&s, g, t, NULL, offset, op));
+            }
             GIVE(push(&s, make(K_OTHER, 0, 0)));
             break;
         }
@@ -623,10 +647,10 @@ survey(PyObject *module, PyObject *args)
             GIVE(memo_set(&s, offset, s.memo_len, s.stack[s.nstack - 1]));
             break;
         case A_GET:
-            if (number > (int64_t)(offset - start) + MEMO_SLACK || number >= s.capslot
-                || s.slot[number] == 0)
+            if (number > (int64_t)(offset - start) + MEMO_SLACK || number >= s.capmemo
+                || KIND(s.memo[number]) == K_EMPTY)
                 GIVE_UP_NOW();
-            GIVE(push(&s, s.memo_values[s.slot[number] - 1]));
+            GIVE(push(&s, s.memo[number]));
             break;
         case A_PROTO:
             if (number > HIGHEST_PROTOCOL)
@@ -661,8 +685,7 @@ done:
     PyMem_Free(s.stack);
     PyMem_Free(s.marks);
     PyMem_Free(s.arena);
-    PyMem_Free(s.slot);
-    PyMem_Free(s.memo_values);
+    PyMem_Free(s.memo);
     return result;
 }
 
@@ -760,7 +783,8 @@ out:
 
 static PyMethodDef module_methods[] = {
     {"survey", (PyCFunction)survey, METH_VARARGS,
-     "survey(data, start=0, watch=None): see mason.analysis._survey.survey"},
+     "survey(data, start=0, watch=None, keep_tuples=False): see "
+     "mason.analysis._survey.survey"},
     {NULL}
 };
 

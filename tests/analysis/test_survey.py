@@ -10,6 +10,7 @@ from __future__ import annotations
 import pickle
 import random
 
+import pytest
 import scan_corpus as corpus
 
 from mason.analysis import _survey
@@ -88,6 +89,7 @@ def test_compiled_and_reference_surveys_are_identical():
         assert compiled.survey(data, 0, WATCH) == expected, data
         assert compiled.survey(bytearray(data), 0, WATCH) == expected
         assert compiled.survey(memoryview(data), 0, WATCH) == expected
+        assert compiled.survey(data, 0, WATCH, True) == _survey.survey(data, 0, WATCH, True)
 
 
 def test_identical_from_an_offset_and_without_watch():
@@ -120,10 +122,12 @@ def _refines(survey_value, machine_value) -> bool:
     return type(survey_value) is type(machine_value) and survey_value == machine_value
 
 
-def test_when_the_survey_completes_the_machine_agrees():
+@pytest.mark.parametrize("keep_tuples", [False, True])
+def test_when_the_survey_completes_the_machine_agrees(keep_tuples):
     completed = 0
     for data in INPUTS:
-        status, end, proto, globals_, calls, pids, buffers = _survey.survey(data, 0, WATCH)
+        status, end, proto, globals_, calls, pids, buffers = _survey.survey(
+            data, 0, WATCH, keep_tuples)
         if status != COMPLETE:
             continue
         completed += 1

@@ -171,8 +171,13 @@ def _utf8(raw) -> str:
         raise _GiveUp from None
 
 
-def survey(data, start: int = 0, watch=frozenset()) -> tuple:
+def survey(data, start: int = 0, watch=frozenset(), keep_tuples: bool = False) -> tuple:
     """Survey the pickle at ``start``; see the module docstring.
+
+    Tuples are modelled (their items kept, for the values handed back) only from the first
+    watched global on, or throughout with ``keep_tuples``: plain data builds millions of
+    tuples that no watched call ever takes, and keeping them all would cost more memory
+    than the stream itself.  A tuple built before that point is "something else".
 
     Returns ``(status, end, protocol, globals, calls, persistent, buffers)``:
 
@@ -198,7 +203,7 @@ def survey(data, start: int = 0, watch=frozenset()) -> tuple:
     stack: list = []
     marks: list[int] = []
     memo: dict[int, tuple] = {}
-    state = {"proto": 0, "buffers": 0, "budget": VALUE_BUDGET}
+    state = {"proto": 0, "buffers": 0, "budget": VALUE_BUDGET, "tuples": bool(keep_tuples)}
     pos = start
 
     def value(entry, depth: int = 0):
@@ -272,6 +277,8 @@ def survey(data, start: int = 0, watch=frozenset()) -> tuple:
         else:
             module, name = _utf8(module_raw), _utf8(name_raw)
         globals_.append((module, name, offset, op.name))
+        if (module, name) in watch:
+            state["tuples"] = True
         return (GLOB, len(globals_) - 1, 0)
 
     def memo_index(offset: int, index: int) -> int:
@@ -364,7 +371,8 @@ def survey(data, start: int = 0, watch=frozenset()) -> tuple:
                 state["buffers"] += 1
                 stack.append(_OTHER)
             elif action == A_TUPLE:
-                stack.append((TUP, tuple(operands(op)), 0))
+                items = operands(op)
+                stack.append((TUP, tuple(items), 0) if state["tuples"] else _OTHER)
             elif action == A_STACK_GLOBAL:
                 module, name = operands(op)
                 if module[0] != STR or name[0] != STR:

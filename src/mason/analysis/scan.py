@@ -590,7 +590,9 @@ class _Scanner:
         (None, None) when there is no pickle at all there (trailing data)."""
         from ..format.machine import simulate
 
-        result = None if self.machine_only else _survey(data, start, self.watch)
+        # Torch's persistent ids are tuples the checks read: model tuples from the start.
+        result = None if self.machine_only else _survey(
+            data, start, self.watch, context in ("torch", "torch-legacy"))
         joblib = result is not None and any(
             (g[0], g[1]) in _c.JOBLIB_WRAPPERS for g in result[3])
         found: list[Finding] = []

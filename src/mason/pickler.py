@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import _pickle
 import builtins
+import inspect
 import io
 import os
 import pickle
@@ -100,26 +101,40 @@ class Pickler(_pickle.Pickler):
             raise explain(exc, obj, protocol, by_value, pickler=self) from exc
 
 
-def dumps(obj: Any, protocol: int | None = None, *, fix_imports: bool = True,
-          buffer_callback: Callable[[pickle.PickleBuffer], Any] | None = None,
-          by_value: bool = True, key=None) -> bytes:
+def _dumps_options(obj: Any, protocol: int | None = None, *, fix_imports: bool = True,
+                   buffer_callback: Callable[[pickle.PickleBuffer], Any] | None = None,
+                   by_value: bool = True, key=None) -> bytes:
     """Return the pickle of ``obj`` as bytes (protocol 5 unless given).
 
     ``by_value=False``: refuse what pickle refuses (no function or class by value).
     ``key``: sign the pickle (HMAC-SHA256); ``mason.loads(data, key=...)`` verifies it and
     loads it trusted.
     """
-    # The hot path for ordinary data: one C call, nothing else (see _refusing_import: this
-    # function runs with builtins whose __import__ makes that call fail for __main__).
-    if key is None and buffer_callback is None and fix_imports is True and by_value \
-            and type(obj) is not _FunctionType:
+    proto = DEFAULT_PROTOCOL if protocol is None else protocol
+    if by_value and key is None and buffer_callback is None and fix_imports is True \
+            and type(obj) is _FunctionType:
+        return _dumps_by_value(obj, proto, True, None)
+    return _dumps(obj, proto, fix_imports, buffer_callback, by_value, key)
+
+
+def dumps(obj, protocol=None, **options):
+    # The hot path for ordinary data: one C call, nothing else.  Its signature is pickle's
+    # (see __signature__ below); keyword arguments, which a call rarely passes, cost more
+    # to receive one by one than as one dict, so they take the other path.  And this
+    # function runs with builtins whose __import__ makes the C call fail for __main__
+    # (see _refusing_import).
+    if not options and type(obj) is not _FunctionType:
         proto = DEFAULT_PROTOCOL if protocol is None else protocol
         try:
             return _c_dumps(obj, proto)
         except Exception:
             return _dumps_by_value(obj, proto, True, None)
-    return _dumps(obj, DEFAULT_PROTOCOL if protocol is None else protocol, fix_imports,
-                  buffer_callback, by_value, key)
+    return _dumps_options(obj, protocol, **options)
+
+
+dumps.__doc__ = _dumps_options.__doc__
+dumps.__signature__ = inspect.signature(_dumps_options)
+_dumps_options.__qualname__ = _dumps_options.__name__ = "dumps"
 
 
 def _dumps(obj, proto, fix_imports, buffer_callback, by_value, key) -> bytes:
@@ -268,14 +283,15 @@ def _with_builtins(func, builtins_dict):
     clone.__doc__ = func.__doc__
     clone.__qualname__ = func.__qualname__
     clone.__module__ = func.__module__
+    clone.__dict__.update(func.__dict__)  # __signature__
     return clone
 
 
-def _dumps_checking(obj, protocol=None, *, fix_imports=True, buffer_callback=None,
-                    by_value=True, key=None):
+def _dumps_checking(obj, protocol=None, **options):
     """``dumps`` where the import hook does not fire: the plain output is searched."""
-    return _dumps(obj, DEFAULT_PROTOCOL if protocol is None else protocol, fix_imports,
-                  buffer_callback, by_value, key)
+    if not options and type(obj) is not _FunctionType:
+        options = {"fix_imports": True}  # the checking path
+    return _dumps_options(obj, protocol, **options)
 
 
 def _probe(hooked):
@@ -298,5 +314,6 @@ if _probe(hooked):
     dumps = hooked
 else:  # pragma: no cover - an interpreter whose pickler imports another way
     _dumps_checking.__doc__ = dumps.__doc__
+    _dumps_checking.__signature__ = dumps.__signature__
     dumps = _dumps_checking
 del hooked

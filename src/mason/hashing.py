@@ -33,7 +33,13 @@ tree is a function of the value only:
   ``OrderedDict``).
 
 The rewritten nodes that plain values cannot express are tuples that start with an empty
-``frozenset``: user frozensets never survive the rewriting, so no user value can look like one.
+``set``: user sets never survive the rewriting, so no user value can look like one.  (Not an
+empty frozenset: CPython's C pickler miscounts its nesting depth in fast mode after pickling
+one, and fails after fifty of them.)
+
+Hashing is by value, so an object shared in many places is rewritten at each place: a
+structure that shares objects deeply (a DAG that doubles at each level) costs as much as its
+fully expanded tree.
 
 Large buffers (array data, ``bytes`` and ``bytearray`` of 32 KiB and more) are hashed on
 their own, in place, and only their digest enters the tree: with xxh3-128 when the
@@ -85,7 +91,7 @@ _VERSION = b"mason-hash-1\0"
 _blake2b = hashlib.blake2b
 _Pickler = _pickle.Pickler
 _first = itemgetter(0)
-_T = frozenset()   # the first item of every rewritten node (see the module's docstring)
+_T = set()   # the first item of every rewritten node (see the module's docstring); never mutated
 
 
 class HashError(PicklingError):

@@ -45,6 +45,7 @@ HIGHEST_PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 _FunctionType = types.FunctionType
 _c_dumps = _pickle.dumps
+_CPickler = _pickle.Pickler
 _needs_by_value = byvalue.needs_by_value
 
 
@@ -233,8 +234,33 @@ def dump(obj: Any, file, protocol: int | None = None, *, fix_imports: bool = Tru
         file.write(dumps(obj, protocol, fix_imports=fix_imports,
                          buffer_callback=buffer_callback, by_value=by_value, key=key))
         return
+    if by_value and buffer_callback is None and fix_imports is True \
+            and type(obj) is not _FunctionType \
+            and _dump_plain(obj, file, DEFAULT_PROTOCOL if protocol is None else protocol):
+        return
     Pickler(file, protocol, fix_imports=fix_imports, buffer_callback=buffer_callback,
             by_value=by_value).dump(obj)
+
+
+def _dump_plain(obj, file, proto) -> bool:
+    """The plain C pickler into ``file``, as in ``dumps``; False when the pickle must be
+    made by value (or anything failed), with the file as it was.  Only at the end of a
+    seekable file: the C pickler writes large payloads as it goes, and a failure must be
+    undone."""
+    seekable = getattr(file, "seekable", None)
+    if seekable is None or not seekable():
+        return False
+    start = file.tell()
+    if file.seek(0, 2) != start:  # not at the end: a failure could not be undone safely
+        file.seek(start)
+        return False
+    try:
+        _CPickler(file, proto).dump(obj)
+    except Exception:
+        file.seek(start)
+        file.truncate()
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,11 +335,16 @@ def _probe(hooked):
     return _refusals > before
 
 
-hooked = _with_builtins(dumps, {**builtins.__dict__, "__import__": _refusing_import})
+_hooked_builtins = {**builtins.__dict__, "__import__": _refusing_import}
+hooked = _with_builtins(dumps, _hooked_builtins)
 if _probe(hooked):
     dumps = hooked
+    _dump_plain = _with_builtins(_dump_plain, _hooked_builtins)
 else:  # pragma: no cover - an interpreter whose pickler imports another way
     _dumps_checking.__doc__ = dumps.__doc__
     _dumps_checking.__signature__ = dumps.__signature__
     dumps = _dumps_checking
+
+    def _dump_plain(obj, file, proto):
+        return False
 del hooked

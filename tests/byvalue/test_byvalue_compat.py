@@ -291,3 +291,47 @@ def test_dumps_inside_a_dump_and_from_threads():
     for t in threads:
         t.join()
     assert results and all(results)
+
+
+class WriteOnly:
+    """A file that can only be written to: no seek, no tell."""
+
+    def __init__(self):
+        self.chunks = []
+
+    def write(self, data):
+        self.chunks.append(bytes(data))
+        return len(data)
+
+
+def test_dump_to_files_of_every_kind():
+    big = b"x" * (1 << 20)  # written to the file while pickling (a large payload)
+    f = lambda: "after the payload"  # noqa: E731 - fails the plain path, after the payload
+    for obj in ([big, f], [big, 1]):
+        buf = io.BytesIO()
+        buf.write(b"prefix")
+        mason.dump(obj, buf)
+        mason.dump("second", buf)
+        buf.seek(6)
+        first = mason.load(buf, trusted=True)
+        assert first[0] == big and mason.load(buf) == "second"
+        assert buf.read() == b""
+        if callable(first[1]):
+            assert first[1]() == "after the payload"
+        # a file that cannot seek gets the same pickle
+        sink = WriteOnly()
+        mason.dump(obj, sink)
+        assert mason.loads(b"".join(sink.chunks), trusted=True)[0] == big
+    # in the middle of a file: written in place, what follows is kept
+    buf = io.BytesIO(b"0123456789" * 100)
+    mason.dump([1, 2], buf)
+    assert buf.getvalue()[buf.tell():] == (b"0123456789" * 100)[buf.tell():]
+    buf.seek(0)
+    assert mason.load(buf) == [1, 2]
+
+
+def test_dump_of_instances_is_the_plain_pickle():
+    objs = [Plain(i) for i in range(100)]
+    buf = io.BytesIO()
+    mason.dump(objs, buf)
+    assert buf.getvalue() == pickle.dumps(objs, 5)

@@ -243,6 +243,14 @@ def _table_mac(key: bytes, table: dict) -> str:
     return hmac.new(key, _SIGN_CONTEXT + body, hashlib.sha256).hexdigest()
 
 
+def _write_and_hash(writer, hasher, chunk) -> None:
+    writer.write(chunk)
+    if hasher.xxh is not None:
+        hasher.xxh.update(chunk)
+    if hasher.sha is not None:
+        hasher.sha.update(chunk)
+
+
 def _write_member(writer, pool, name: str, view: memoryview, algorithm: str, sign: bool,
                   compressor) -> dict:
     """Write one member; while a chunk is being written (the write releases the GIL), the
@@ -260,17 +268,21 @@ def _write_member(writer, pool, name: str, view: memoryview, algorithm: str, sig
         writer.end(hasher.crc, stored, _zip.ZSTD)
     else:
         offset = writer.begin(name, size, ALIGNMENT)
+        # The CRC-32 (the slow one) runs here while the other thread writes the chunk and
+        # updates the fast checksums: zlib.crc32 and the write both release the GIL.
         pending = None
+        crc = 0
         for start in range(0, size, _CHUNK):
             chunk = view[start:start + _CHUNK]
-            hasher.update(chunk)
             if pending is not None:
                 pending.result()
-            pending = pool.submit(writer.write, chunk)
+            pending = pool.submit(_write_and_hash, writer, hasher, chunk)
+            crc = zlib.crc32(chunk, crc)
         if pending is not None:
             pending.result()
+        hasher.crc = crc
         stored = size
-        writer.end(hasher.crc, stored)
+        writer.end(crc, stored)
     entry = {"offset": offset, "size": size, "stored_size": stored,
              "checksum": hasher.checksum()}
     if sign:

@@ -19,8 +19,8 @@ def python_env(**extra: str) -> dict[str, str]:
     """The environment of a child Python that imports this same mason (and sees the test's
     isolated HOME and key settings)."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = SRC + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.update(extra)
+    env["PYTHONPATH"] = SRC + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
 

@@ -35,14 +35,15 @@ static const char *action_names[A_COUNT] = {
     "A_PUT", "A_MEMOIZE", "A_GET", "A_PROTO", "A_FRAME", "A_STOP"};
 
 typedef struct {
-    unsigned char known, arg, action, pops, mark, signed_int;
+    unsigned char known, arg, action, pops, mark, signed_int, is_build;
     PyObject *name;   /* the opcode's name: str */
 } OpInfo;
 static OpInfo ops[256];
 
 /* Model values: 16 bytes.  The kind sits in the top byte of b; STR keeps its payload kind
  * (the width of its length field: 1, 4 or 8) in the next byte and its length below. */
-enum { K_OTHER, K_STR, K_INT, K_NONE, K_TRUE, K_FALSE, K_GLOB, K_TUP, K_EMPTY = 0xFF };
+enum { K_OTHER, K_STR, K_INT, K_NONE, K_TRUE, K_FALSE, K_GLOB, K_TUP, K_PID, K_CALL0,
+       K_EMPTY = 0xFF };
 typedef struct { int64_t a; uint64_t b; } Entry;
 #define KIND(e) ((int)((e).b >> 56))
 #define LOW(e) ((e).b & (((uint64_t)1 << 48) - 1))
@@ -52,7 +53,7 @@ static inline Entry make(int kind, int64_t a, uint64_t low) {
 }
 
 static long LARGE, MEMO_SLACK, MAX_VALUE_DEPTH, VALUE_BUDGET, HIGHEST_PROTOCOL;
-static PyObject *OPAQUE, *GlobalRef, *Payload, *payload_kinds[9];
+static PyObject *OPAQUE, *GlobalRef, *PidRef, *EmptyCall, *Payload, *payload_kinds[9];
 
 typedef struct {
     const unsigned char *buf;
@@ -65,6 +66,9 @@ typedef struct {
     Py_ssize_t memo_len;
     long budget;
     int tuples;   /* model tuples (keep their items): from the first watched global on */
+    /* calls of a global with no arguments: its index, and whether steps were applied */
+    int64_t *call_global; unsigned char *call_modified; Py_ssize_t ncalls, capcalls,
+        capmodified;
     PyObject *globals, *calls, *persistent, *watch;
 } Survey;
 
@@ -150,14 +154,18 @@ value(Survey *s, Entry e, int depth)
         Py_RETURN_TRUE;
     case K_FALSE:
         Py_RETURN_FALSE;
-    case K_GLOB: {
+    case K_GLOB:
+    case K_PID: {
         PyObject *i = PyLong_FromLongLong(e.a);
         if (i == NULL)
             return NULL;
-        PyObject *r = PyObject_CallOneArg(GlobalRef, i);
+        PyObject *r = PyObject_CallOneArg(KIND(e) == K_GLOB ? GlobalRef : PidRef, i);
         Py_DECREF(i);
         return r;
     }
+    case K_CALL0:
+        return PyObject_CallFunction(EmptyCall, "Li", (long long)s->call_global[e.a],
+                                     (int)s->call_modified[e.a]);
     case K_TUP: {
         Py_ssize_t count = (Py_ssize_t)LOW(e);
         PyObject *t = PyTuple_New(count);
@@ -533,10 +541,22 @@ survey(PyObject *module, PyObject *args)
             if (op->pops == 3) {
                 Entry k = s.stack[base + 2];
                 GIVE(record_call(&s, f, a, &k, offset, op));
+                GIVE(push(&s, make(K_OTHER, 0, 0)));
             }
-            else
+            else {
                 GIVE(record_call(&s, f, a, NULL, offset, op));
-            GIVE(push(&s, make(K_OTHER, 0, 0)));
+                if (KIND(f) == K_GLOB && KIND(a) == K_TUP && LOW(a) == 0) {
+                    if (grow((void **)&s.call_global, &s.capcalls, s.ncalls + 1,
+                             sizeof(int64_t)) < 0
+                        || grow((void **)&s.call_modified, &s.capmodified, s.ncalls + 1, 1) < 0)
+                        GIVE(ERROR);
+                    s.call_global[s.ncalls] = f.a;
+                    s.call_modified[s.ncalls] = 0;
+                    GIVE(push(&s, make(K_CALL0, s.ncalls++, 0)));
+                }
+                else
+                    GIVE(push(&s, make(K_OTHER, 0, 0)));
+            }
             break;
         }
         case A_OBJ: {
@@ -587,7 +607,7 @@ survey(PyObject *module, PyObject *args)
                 GIVE(ERROR);
             }
             Py_DECREF(item);
-            GIVE(push(&s, make(K_OTHER, 0, 0)));
+            GIVE(push(&s, make(K_PID, PyList_GET_SIZE(s.persistent) - 1, 0)));
             break;
         }
         case A_EXTEND:
@@ -610,6 +630,11 @@ survey(PyObject *module, PyObject *args)
                 GIVE_UP_NOW();
             if (action == A_SETITEMS && items % 2)
                 GIVE_UP_NOW();
+            {
+                const Entry target = s.stack[s.nstack - 1];
+                if (KIND(target) == K_CALL0 && (items || op->is_build))
+                    s.call_modified[target.a] = 1;
+            }
             break;
         }
         case A_POP:
@@ -686,6 +711,8 @@ done:
     PyMem_Free(s.marks);
     PyMem_Free(s.arena);
     PyMem_Free(s.memo);
+    PyMem_Free(s.call_global);
+    PyMem_Free(s.call_modified);
     return result;
 }
 
@@ -724,10 +751,12 @@ load_tables(void)
         goto out;
     OPAQUE = PyObject_GetAttrString(survey_mod, "OPAQUE");
     GlobalRef = PyObject_GetAttrString(survey_mod, "GlobalRef");
+    PidRef = PyObject_GetAttrString(survey_mod, "PidRef");
+    EmptyCall = PyObject_GetAttrString(survey_mod, "EmptyCall");
     Payload = PyObject_GetAttrString(survey_mod, "Payload");
     actions = PyObject_GetAttrString(survey_mod, "ACTIONS");
     table = PyObject_GetAttrString(survey_mod, "OPCODES");
-    if (!OPAQUE || !GlobalRef || !Payload || !actions || !table)
+    if (!OPAQUE || !GlobalRef || !PidRef || !EmptyCall || !Payload || !actions || !table)
         goto out;
     payload_kinds[1] = PyUnicode_InternFromString("unicodestring1");
     payload_kinds[4] = PyUnicode_InternFromString("unicodestring4");
@@ -767,6 +796,7 @@ load_tables(void)
         op->mark = (unsigned char)mark;
         op->action = (unsigned char)a;
         op->signed_int = PyUnicode_CompareWithASCIIString(name, "BININT") == 0;
+        op->is_build = PyUnicode_CompareWithASCIIString(name, "BUILD") == 0;
         Py_XSETREF(op->name, name);
     }
     if (PyErr_Occurred())

@@ -14,10 +14,10 @@ import pytest
 import scan_corpus as corpus
 
 from mason.analysis import _survey
-from mason.analysis._survey import COMPLETE, FALLBACK, OPAQUE, GlobalRef
+from mason.analysis._survey import COMPLETE, FALLBACK, OPAQUE, EmptyCall, GlobalRef, PidRef
 from mason.analysis.scan import _Scanner
 from mason.analysis.streams import streams
-from mason.format.machine import Global, simulate
+from mason.format.machine import Call, Global, PersistentRef, simulate
 from mason.format.reader import Payload
 
 from mason import _scan as compiled  # the compiled twin: built by setup.py build_ext
@@ -100,12 +100,18 @@ def test_identical_from_an_offset_and_without_watch():
         assert compiled.survey(data, 0, None) == _survey.survey(data, 0)
 
 
-def _as_survey_value(value, nodes, depth=0):
-    """A machine value as the survey would model it at best."""
+def _as_survey_value(value, nodes, run, when, depth=0):
+    """A machine value as the survey would model it at best, at offset ``when``."""
     if type(value) is tuple:
-        return tuple(_as_survey_value(v, nodes, depth + 1) for v in value)
+        return tuple(_as_survey_value(v, nodes, run, when, depth + 1) for v in value)
     if isinstance(value, Global):
         return GlobalRef(nodes[id(value)])
+    if isinstance(value, PersistentRef):
+        return PidRef(next(i for i, r in enumerate(run.persistent) if r is value))
+    if isinstance(value, Call) and isinstance(value.func, Global) and value.args == () \
+            and type(value.args) is tuple and value.kind in ("REDUCE", "NEWOBJ"):
+        return EmptyCall(nodes[id(value.func)],
+                         any(e.offset < when for e in value.effects))
     if value is None or type(value) in (str, int, bool) or type(value) is Payload:
         return value
     return OPAQUE
@@ -141,15 +147,16 @@ def test_when_the_survey_completes_the_machine_agrees(keep_tuples):
         assert len(calls) == len(watched)
         for (index, offset, opcode, args, kwargs), call in zip(calls, watched):
             assert (index, offset, opcode) == (nodes[id(call.func)], call.offset, call.kind)
-            assert _refines(args, _as_survey_value(call.args, nodes))
+            assert _refines(args, _as_survey_value(call.args, nodes, run, call.offset))
             if kwargs is None:
                 assert call.kwargs is None
             else:
-                assert _refines(kwargs, _as_survey_value(call.kwargs, nodes))
+                assert _refines(kwargs, _as_survey_value(call.kwargs, nodes, run,
+                                                         call.offset))
         assert [(o, n) for o, n, _ in pids] == [(r.offset, r.opcode_name)
                                                  for r in run.persistent]
         for (_, _, pid), ref in zip(pids, run.persistent):
-            assert _refines(pid, _as_survey_value(ref.pid, nodes))
+            assert _refines(pid, _as_survey_value(ref.pid, nodes, run, ref.offset))
         assert buffers == len(run.buffers)
     assert completed > 500
 

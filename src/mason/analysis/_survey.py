@@ -35,7 +35,7 @@ import struct
 from ..format.opcodes import OPCODES, Arg, Role
 from ..format.reader import LARGE, Payload
 
-__all__ = ["survey", "OPAQUE", "GlobalRef", "COMPLETE", "FALLBACK", "MAX_VALUE_DEPTH",
+__all__ = ["survey", "OPAQUE", "GlobalRef", "PidRef", "EmptyCall", "COMPLETE", "FALLBACK", "MAX_VALUE_DEPTH",
            "VALUE_BUDGET", "MEMO_SLACK"]
 
 COMPLETE = 0
@@ -63,6 +63,54 @@ class _Opaque:
 
 
 OPAQUE = _Opaque()
+
+
+class PidRef(int):
+    """In a value handed back by the survey: the object the ``index``-th persistent id of
+    the stream stands for (what ``persistent_load`` returns)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"PidRef({int(self)})"
+
+    def __eq__(self, other):
+        return type(other) is PidRef and int(self) == int(other)
+
+    def __ne__(self, other):
+        return not self == other
+
+    __hash__ = int.__hash__
+
+
+class EmptyCall(tuple):
+    """In a value handed back by the survey: the result of calling the global at
+    ``global_index`` with no arguments (REDUCE or NEWOBJ of an empty tuple), and whether
+    the stream had applied steps to it (BUILD, APPEND(S), SETITEM(S), ADDITEMS) by then."""
+
+    __slots__ = ()
+
+    def __new__(cls, global_index: int, modified: bool):
+        return tuple.__new__(cls, (global_index, bool(modified)))
+
+    @property
+    def global_index(self) -> int:
+        return self[0]
+
+    @property
+    def modified(self) -> bool:
+        return self[1]
+
+    def __repr__(self) -> str:
+        return f"EmptyCall({self[0]}, {self[1]})"
+
+    def __eq__(self, other):
+        return type(other) is EmptyCall and tuple(self) == tuple(other)
+
+    def __ne__(self, other):
+        return not self == other
+
+    __hash__ = tuple.__hash__
 
 
 class GlobalRef(int):
@@ -155,7 +203,9 @@ _SIGNED_INT = {"BININT"}
 # Value kinds of the model.  A stack entry is a tuple (kind, a, b):
 #   STR: a = offset of the text, b = its length, plus the payload kind as a 4th item
 #   INT: a = the value; GLOB: a = index into the globals list; TUP: a = tuple of entries
-OTHER, STR, INT, NONE, TRUE, FALSE, GLOB, TUP = range(8)
+#   PID: a = index into the persistent ids; CALL0: a = index into the empty calls made,
+#   each [global index, modified] (shared by every copy of the entry, as the object is)
+OTHER, STR, INT, NONE, TRUE, FALSE, GLOB, TUP, PID, CALL0 = range(10)
 _OTHER = (OTHER, 0, 0)
 _NONE, _TRUE, _FALSE, _EMPTY = (NONE, 0, 0), (TRUE, 0, 0), (FALSE, 0, 0), (TUP, (), 0)
 
@@ -204,6 +254,7 @@ def survey(data, start: int = 0, watch=frozenset(), keep_tuples: bool = False) -
     marks: list[int] = []
     memo: dict[int, tuple] = {}
     state = {"proto": 0, "buffers": 0, "budget": VALUE_BUDGET, "tuples": bool(keep_tuples)}
+    empty_calls: list[list] = []
     pos = start
 
     def value(entry, depth: int = 0):
@@ -228,6 +279,11 @@ def survey(data, start: int = 0, watch=frozenset(), keep_tuples: bool = False) -
             return GlobalRef(entry[1])
         if kind == TUP:
             return tuple(value(item, depth + 1) for item in entry[1])
+        if kind == PID:
+            return PidRef(entry[1])
+        if kind == CALL0:
+            made = empty_calls[entry[1]]
+            return EmptyCall(made[0], made[1])
         return OPAQUE
 
     def fence() -> int:
@@ -384,9 +440,15 @@ def survey(data, start: int = 0, watch=frozenset(), keep_tuples: bool = False) -
                 items = operands(op)
                 if op.pops == 3:
                     record_call(items[0], items[1], items[2], offset, op)
+                    stack.append(_OTHER)
                 else:
                     record_call(items[0], items[1], None, offset, op)
-                stack.append(_OTHER)
+                    func, args = items
+                    if func[0] == GLOB and args[0] == TUP and not args[1]:
+                        empty_calls.append([func[1], False])
+                        stack.append((CALL0, len(empty_calls) - 1, 0))
+                    else:
+                        stack.append(_OTHER)
             elif action == A_OBJ:
                 items = operands(op)
                 record_call(items[0], (TUP, tuple(items[1:]), 0), None, offset, op)
@@ -406,12 +468,16 @@ def survey(data, start: int = 0, watch=frozenset(), keep_tuples: bool = False) -
             elif action == A_BINPERSID:
                 (pid,) = operands(op)
                 persistent.append((offset, op.name, value(pid)))
-                stack.append(_OTHER)
+                stack.append((PID, len(persistent) - 1, 0))
             elif action in (A_EXTEND, A_SETITEMS):
                 items = pop_mark() if op.mark else pop_n(op.pops - 1)
-                top()
+                target = top()
                 if action == A_SETITEMS and len(items) % 2:
                     raise _GiveUp
+                # As the machine records it: a step on an object it did not make, when it
+                # has items (BUILD always has its state).
+                if target[0] == CALL0 and (items or op.name == "BUILD"):
+                    empty_calls[target[1]][1] = True
             elif action == A_POP:
                 if marks and marks[-1] == len(stack):
                     marks.pop()

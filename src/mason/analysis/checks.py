@@ -25,7 +25,7 @@ from typing import Any
 from .. import _safe_constructors as _sc
 from ..format.reader import Payload
 from . import dangers
-from ._survey import OPAQUE
+from ._survey import OPAQUE, EmptyCall, PidRef
 
 __all__ = ["NEED", "Call", "check_for"]
 
@@ -35,11 +35,13 @@ NEED = object()
 class Call:
     """One call of a stand-in, with what the checks need to look at its arguments."""
 
-    def __init__(self, scanner, facts, module: str, name: str, context: str, torch):
+    def __init__(self, scanner, facts, module: str, name: str, context: str, torch,
+                 offset: int = 0):
         self.scanner, self.facts = scanner, facts
         self.module, self.name = module, name
         self.dotted = f"{module}.{name}"
         self.context, self.torch = context, torch
+        self.offset = offset   # of the call: what the stream did to an argument by then counts
 
     def opaque(self, *values) -> bool:
         return any(v is OPAQUE for v in values)
@@ -50,6 +52,30 @@ class Call:
         if found is None:
             return None
         return self.scanner.fixed(found[0], found[1], self.facts.protocol)
+
+    def pid_of(self, value):
+        """The persistent id of a storage argument, or None if it is not one."""
+        from ..format.machine import PersistentRef
+        if type(value) is PidRef:
+            return self.facts.pids[value][2]
+        if isinstance(value, PersistentRef):
+            return value.pid
+        return None
+
+    def empty_call(self, value):
+        """(module, name) of a global called with no arguments, when ``value`` is its
+        result and the stream applied no step to it before this call; else None."""
+        from ..format.machine import Call as MCall
+        if type(value) is EmptyCall:
+            if value.modified:
+                return None
+            entry = self.facts.globals[value.global_index]
+            return self.scanner.fixed(entry[0], entry[1], self.facts.protocol)
+        if isinstance(value, MCall) and value.kind in ("REDUCE", "NEWOBJ") \
+                and value.args == () and type(value.args) is tuple \
+                and not any(e.offset < self.offset for e in value.effects):
+            return self.global_of(value.func)
+        return None
 
     def stand_in_of(self, value):
         """The stand-in a global of the stream resolves to, or None."""
@@ -244,11 +270,9 @@ _FLOAT8 = {"Float8_e4m3fnStorage": 1, "Float8_e5m2Storage": 1}
 
 
 def _empty_hooks(c: Call, hooks) -> bool:
-    from ..format.machine import Call as MCall
     if hooks is None or (type(hooks) is dict and not hooks):
         return True
-    return isinstance(hooks, MCall) and c.global_of(hooks.func) == \
-        ("collections", "OrderedDict") and hooks.args == () and not hooks.effects
+    return c.empty_call(hooks) == ("collections", "OrderedDict")
 
 
 def _ints(value) -> tuple | None:
@@ -260,7 +284,6 @@ def _ints(value) -> tuple | None:
 
 
 def _rebuild_tensor(c: Call, args):
-    from ..format.machine import PersistentRef
     if not 4 <= len(args) <= 7:
         return None
     if c.opaque(*args):
@@ -270,7 +293,8 @@ def _rebuild_tensor(c: Call, args):
     hooks = args[5] if len(args) > 5 else None
     metadata = args[6] if len(args) > 6 else None
     what = "torch _rebuild_tensor_v2"
-    if not isinstance(storage, PersistentRef):
+    pid = c.pid_of(storage)
+    if pid is None:
         return c.refuse(dangers.CODE, f"{what} called with something other than a storage of "
                         f"the checkpoint (the stand-in refuses it)")
     size, stride = _ints(size), _ints(stride)
@@ -285,8 +309,7 @@ def _rebuild_tensor(c: Call, args):
     if metadata:
         return c.refuse(dangers.CODE, f"{what} with tensor metadata (the stand-in refuses "
                         f"it)")
-    pid = storage.pid
-    if c.torch is not None and isinstance(pid, tuple) and len(pid) >= 5 \
+    if c.torch is not None and type(pid) is tuple and len(pid) >= 5 \
             and type(pid[2]) is str:
         record = c.torch.storage(pid[2])
         kind = c.global_of(pid[1])

@@ -33,6 +33,7 @@ import _compat_pickle
 import enum
 import mmap
 import os
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -215,10 +216,32 @@ def resolve_policy(policy: Policy | None = None, allow: Iterable[str] | None = N
     """The policy a scan applies: ``policy`` (default: ``Policy.default()``), plus the named
     presets, plus ``allow``.  An unknown preset, or presets before mason has them, raise
     ``ValueError`` saying so."""
+    if policy is not None and not isinstance(policy, Policy):
+        raise TypeError(f"policy must be a mason.Policy, not {type(policy).__name__}")
+    preset, allow = _entries(preset), _entries(allow)
+    key = (id(policy), preset, allow)
+    cached = _RESOLVED.get(key)
+    if cached is not None and cached[0] is policy:
+        return cached[1]
+    made = _resolve(policy, allow, preset)
+    if len(_RESOLVED) >= 64:
+        _RESOLVED.clear()
+    _RESOLVED[key] = (policy, made)   # the policy is held: its id stays its own
+    return made
+
+
+_RESOLVED: dict[tuple, tuple[Policy | None, Policy]] = {}
+
+
+def _entries(value) -> tuple:
+    if not value:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _resolve(policy, allow, preset) -> Policy:
     if policy is None:
         policy = Policy.default()
-    elif not isinstance(policy, Policy):
-        raise TypeError(f"policy must be a mason.Policy, not {type(policy).__name__}")
     if preset:
         names = [preset] if isinstance(preset, str) else list(preset)
         make = getattr(Policy, "preset", None)
@@ -246,16 +269,46 @@ def _fix_python2(module: str, name: str) -> tuple[str, str]:
     return _compat_pickle.IMPORT_MAPPING.get(module, module), name
 
 
+_VIEWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _policy_view(policy: Policy):
+    """(substitutes, watch set, status cache) of a policy, made once per policy: a scan of a
+    thousand small files must not redo it a thousand times (a policy never changes)."""
+    try:
+        return _VIEWS[policy]
+    except (KeyError, TypeError):
+        pass
+    substitutes = dict(getattr(policy, "_substitutes", {}) or {})
+    watch: set[tuple[str, str]] = set()
+    for dotted in substitutes:
+        module, _, name = dotted.rpartition(".")
+        watch |= _python2_spellings(module, name)
+    view = (substitutes, frozenset(watch), {})
+    try:
+        _VIEWS[policy] = view
+    except TypeError:
+        pass
+    return view
+
+
 def _python2_spellings(module: str, name: str) -> set[tuple[str, str]]:
     """Every (module, name) a protocol 0-2 stream may spell to reach ``module.name``."""
     found = {(module, name)}
-    for old, new in _compat_pickle.NAME_MAPPING.items():
-        if new == (module, name):
-            found.add(old)
-    for old, new in _compat_pickle.IMPORT_MAPPING.items():
-        if new == module and (old, name) not in _compat_pickle.NAME_MAPPING:
+    found.update(_NAME_SOURCES.get((module, name), ()))
+    for old in _MODULE_SOURCES.get(module, ()):
+        if (old, name) not in _compat_pickle.NAME_MAPPING:
             found.add((old, name))
     return found
+
+
+_NAME_SOURCES: dict[tuple[str, str], list[tuple[str, str]]] = {}
+for _old, _new in _compat_pickle.NAME_MAPPING.items():
+    _NAME_SOURCES.setdefault(_new, []).append(_old)
+_MODULE_SOURCES: dict[str, list[str]] = {}
+for _old, _new in _compat_pickle.IMPORT_MAPPING.items():
+    _MODULE_SOURCES.setdefault(_new, []).append(_old)
+del _old, _new
 
 
 def _is_dunder(part: str) -> bool:
@@ -334,16 +387,11 @@ class _Scanner:
         self.max_size = max_size
         self.details = details
         self.machine_only = machine_only   # for the tests: read every stream with the machine
-        self.substitutes = dict(getattr(policy, "_substitutes", {}) or {})
-        watch: set[tuple[str, str]] = set()
-        for dotted in self.substitutes:
-            module, _, name = dotted.rpartition(".")
-            watch |= _python2_spellings(module, name)
-        self.watch = frozenset(watch)
+        view = _policy_view(policy)
+        self.substitutes, self.watch, self._status = view
         self.findings: list[Finding] = []
         self.pickles: list[PickleInfo] = []
         self.visitor = None   # called with (data, start, member, context, facts) per stream
-        self._status: dict[tuple[str, str], tuple[str, Any]] = {}
         self._member = ""
 
     # Findings.
@@ -670,11 +718,12 @@ class _Scanner:
                 continue   # NEWOBJ needs a class: it never calls a stand-in (a function)
             if args is OPAQUE and not facts.machine:
                 return False
-            if not isinstance(args, tuple):
+            if type(args) is not tuple:
                 continue   # loading raises TypeError: REDUCE needs a tuple
             check = _checks.check_for(stand_in)
             if check is not None:
-                outcome = check(_checks.Call(self, facts, module, name, context, torch), args)
+                outcome = check(_checks.Call(self, facts, module, name, context, torch,
+                                             offset), args)
             else:
                 outcome = self._foreign_check(stand_in, facts, module, name, args, kwargs)
             if outcome is _checks.NEED:
@@ -738,9 +787,8 @@ class _Scanner:
         return None
 
     def _lazy_names(self, facts: _Facts) -> bool:
-        lazy = _policy_constant("LAZY_ITERABLES")
-        return bool(lazy) and any(self.fixed(g[0], g[1], facts.protocol) in lazy
-                                  for g in facts.globals)
+        return bool(_LAZY) and bool(facts.globals) and any(
+            self.fixed(g[0], g[1], facts.protocol) in _LAZY for g in facts.globals)
 
     def _check_lazy_iterables(self, facts: _Facts, member: str, found: list) -> None:
         """As loading does: refuse a constructor that iterates an IP network (which may hold
@@ -819,10 +867,10 @@ class _Scanner:
     def _torch_pid(self, pid, facts: _Facts, torch, context: str, member: str, offset: int,
                    found: list[Finding]) -> bool:
         size = 5 if context == "torch" else 6
-        if not facts.machine and (pid is OPAQUE or (isinstance(pid, tuple)
+        if not facts.machine and (pid is OPAQUE or (type(pid) is tuple
                                                     and any(p is OPAQUE for p in pid[:5]))):
             return False
-        shape_ok = isinstance(pid, tuple) and len(pid) == size and pid[0] == "storage" \
+        shape_ok = type(pid) is tuple and len(pid) == size and pid[0] == "storage" \
             and facts.global_of(pid[1]) is not None and type(pid[2]) is str \
             and type(pid[3]) is str and type(pid[4]) is int and pid[4] >= 0
         if not shape_ok:
@@ -1025,6 +1073,9 @@ _ADMITTED = object()   # what the scan's find_class gives for a name the policy 
 def _policy_constant(name: str):
     from .. import policy
     return getattr(policy, name, frozenset())
+
+
+_LAZY = _policy_constant("LAZY_ITERABLES")
 
 
 def _dotted(module: str, name: str) -> str:

@@ -1054,7 +1054,12 @@ class CachedFunction:
             owner = getattr(owner, part, None)
         if owner is self:
             return self.__qualname__
-        return (_rebuild_cached, (self.func, self._memory, self._binder.ignored
+        # Another wrapper of a function that its module holds wrapped: the function is
+        # reachable (and picklable by reference) only through that wrapper.
+        func = self.func
+        if isinstance(owner, CachedFunction) and owner.func is func:
+            func = owner
+        return (_rebuild_cached, (func, self._memory, self._binder.ignored
                                   if self._binder else None, self._key_func,
                                   self._track_code))
 
@@ -1136,7 +1141,10 @@ class CachedFunction:
 
 
 def _rebuild_cached(func, memory, ignore, key, track_code) -> CachedFunction:
-    return CachedFunction(func, memory, ignore=ignore, key=key, track_code=track_code)
+    if isinstance(func, CachedFunction):
+        func = func.func
+    return CachedFunction(func, memory, ignore=ignore or None, key=key,
+                          track_code=track_code)
 
 
 # --------------------------------------------------------------------------------------------

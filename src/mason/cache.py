@@ -849,7 +849,6 @@ class Memory:
                     pass
                 raise
             break
-        self._touched[path] = time.time()
         if self.max_size is not None:
             self._account(size, path)
 

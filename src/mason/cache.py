@@ -1113,6 +1113,8 @@ class CachedFunction:
                 "duration": time.perf_counter() - started}
         try:
             memory._store(directory, path, key, result, meta)
+        except CacheKeyError:
+            raise   # misconfigured: say so now, not on every call in a warning
         except (OSError, MasonError, TypeError, AttributeError, ValueError,
                 RecursionError) as exc:
             warnings.warn(CacheWarning(f"mason cache: the result of {self._name} was not "

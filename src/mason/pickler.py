@@ -69,13 +69,16 @@ class Pickler(_pickle.Pickler):
                  by_value: bool = True):
         super().__init__(file, _protocol(protocol), fix_imports=fix_imports,
                          buffer_callback=buffer_callback)
-        self._mason = (_protocol(protocol), by_value)
+        self._mason = state = _State(_protocol(protocol), by_value, file)
         if by_value:
             # The context refers to the pickler weakly: no cycle keeps either alive.
             self._by_value_ctx = ctx = byvalue._Context(self)
             own = getattr(type(self), "reducer_override", None)
             if own is None:
                 self.reducer_override = byvalue.make_hook(self, ctx=ctx)
+                # The first pickle may go through the C pickler alone, as dumps does: a
+                # callback would see buffers twice if that had to be redone.
+                state.plain_first = buffer_callback is None
             else:
                 # A weak method: the hook must not keep the pickler alive (nor what it pickled).
                 method = weakref.WeakMethod(getattr(self, "reducer_override"))
@@ -88,9 +91,17 @@ class Pickler(_pickle.Pickler):
         ctx = getattr(self, "_by_value_ctx", None)
         if ctx is not None:
             ctx.reset()
+        state = getattr(self, "_mason", None)
+        if state is not None:
+            state.memo_empty = True
 
     def dump(self, obj: Any) -> None:
         """Write the pickle of ``obj`` to the file."""
+        state = getattr(self, "_mason", None)
+        if state is not None and state.plain_first and state.memo_empty \
+                and type(obj) is not _FunctionType and _pickler_dump_plain(self, obj):
+            state.memo_empty = False
+            return
         try:
             super().dump(obj)
         except RecursionError:
@@ -98,8 +109,50 @@ class Pickler(_pickle.Pickler):
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
             if isinstance(exc, EXPLAINED):
                 raise
-            protocol, by_value = getattr(self, "_mason", (DEFAULT_PROTOCOL, True))
+            protocol, by_value = (state.protocol, state.by_value) if state is not None \
+                else (DEFAULT_PROTOCOL, True)
             raise explain(exc, obj, protocol, by_value, pickler=self) from exc
+        finally:
+            if state is not None:
+                state.memo_empty = False
+
+
+class _State:
+    """What mason keeps of a Pickler's arguments."""
+
+    __slots__ = ("protocol", "by_value", "file", "plain_first", "memo_empty")
+
+    def __init__(self, protocol, by_value, file):
+        self.protocol = protocol
+        self.by_value = by_value
+        self.file = file
+        self.plain_first = False
+        self.memo_empty = True
+
+
+def _pickler_dump_plain(pickler, obj) -> bool:
+    """A by-value Pickler's first dump through the C pickler alone (the reducer_override
+    hook set aside), as ``dumps`` does; False, with the file and the memo as they were, when
+    it must be made by value.  Runs with the hooked builtins (see _refusing_import)."""
+    file = pickler._mason.file
+    seekable = getattr(file, "seekable", None)
+    if seekable is None or not seekable():
+        return False
+    start = file.tell()
+    if file.seek(0, 2) != start:
+        file.seek(start)
+        return False
+    hook = pickler.__dict__.pop("reducer_override")
+    try:
+        _CPickler.dump(pickler, obj)
+    except Exception:
+        _CPickler.clear_memo(pickler)  # it was empty: as it was
+        file.seek(start)
+        file.truncate()
+        return False
+    finally:
+        pickler.reducer_override = hook
+    return True
 
 
 def _dumps_options(obj: Any, protocol: int | None = None, *, fix_imports: bool = True,
@@ -178,6 +231,7 @@ class _Reusable:
     def __init__(self, proto):
         self.file = io.BytesIO()
         self.pickler = Pickler(self.file, proto)
+        self.pickler._mason.plain_first = False  # dumps tried the plain path already
         self.busy = False
 
 
@@ -340,11 +394,15 @@ hooked = _with_builtins(dumps, _hooked_builtins)
 if _probe(hooked):
     dumps = hooked
     _dump_plain = _with_builtins(_dump_plain, _hooked_builtins)
+    _pickler_dump_plain = _with_builtins(_pickler_dump_plain, _hooked_builtins)
 else:  # pragma: no cover - an interpreter whose pickler imports another way
     _dumps_checking.__doc__ = dumps.__doc__
     _dumps_checking.__signature__ = dumps.__signature__
     dumps = _dumps_checking
 
     def _dump_plain(obj, file, proto):
+        return False
+
+    def _pickler_dump_plain(pickler, obj):
         return False
 del hooked

@@ -335,3 +335,23 @@ def test_dump_of_instances_is_the_plain_pickle():
     buf = io.BytesIO()
     mason.dump(objs, buf)
     assert buf.getvalue() == pickle.dumps(objs, 5)
+
+
+def test_pickler_first_dump_is_the_plain_pickle_then_by_value_continues():
+    objs = [Plain(i) for i in range(50)]
+    buf = io.BytesIO()
+    p = mason.Pickler(buf)
+    p.dump(objs)
+    assert buf.getvalue() == pickle.dumps(objs, 5)
+    size = len(buf.getvalue())
+    p.dump([objs[0], lambda: "later"])  # the memo carries on from the first pickle
+    buf.seek(0)
+    u = mason.Unpickler(buf, trusted=True)
+    first, (again, f) = u.load(), u.load()
+    assert again is first[0] and f() == "later"
+    assert len(buf.getvalue()) > size
+    # a first pickle that needs by value is made by value, and leaves nothing behind
+    buf = io.BytesIO()
+    p = mason.Pickler(buf)
+    p.dump([b"y" * (1 << 20), lambda: "by value"])
+    assert mason.loads(buf.getvalue(), trusted=True)[1]() == "by value"

@@ -36,6 +36,30 @@ unpickled them); frozensets and sets of plain values are written sorted (their i
 order follows string hashing); class dictionaries are written sorted by name; only the
 globals a function references are written, in bytecode order; and a class is identified
 across processes by a *key* derived from its definition, not from ``id`` or a random id.
+(What a function or class carries as data follows pickle's rules: after loading and
+pickling again, a string that was interned where it was made may be written differently,
+e.g. a partial's keyword names.)
+
+How a class is rebuilt, and what that implies:
+
+* as cloudpickle does, a *skeleton* first (``types.new_class`` with its metaclass, bases,
+  ``__module__``, ``__qualname__``, ``__doc__``, ``__slots__`` and its plain-valued
+  attributes), memoized, then the rest of its dict (methods, descriptors, nested classes,
+  anything that may refer back to the class).  The class body does not run again:
+  ``__init_subclass__`` and the metaclass see the skeleton; keyword arguments of the class
+  statement (``class A(B, flag=1)``) are not kept; a metaclass that needs the finished body
+  in ``__new__`` may not rebuild.  Enums are made by their metaclass from their members;
+  namedtuples by ``collections.namedtuple``;
+* a class loaded in the process that pickled it is that class (nothing is rebuilt); a class
+  loaded several times in another process is one class, and the attributes of the latest
+  load win (cloudpickle's rule);
+* ``__main__`` objects travel by value even where pickle would write a reference: a script
+  loading its own earlier pickles gets the pickled classes, not its current ones.
+
+Code objects load only on the Python that compiled them (``TAG``); loading on another
+raises an ``UnpicklingError`` that says so, before any code object is built.  Protocols 0
+and 1 cannot pickle instances with ``__slots__`` (pickle's rule), which includes a
+dataclass's fields.
 """
 
 from __future__ import annotations

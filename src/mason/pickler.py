@@ -8,16 +8,21 @@ and where nothing can, it raises a ``PicklingError`` that gives the path to the 
 object, says why and what to do (``mason.dumperrors``).  ``by_value=False`` turns by value off:
 mason then refuses exactly what pickle refuses.  The default protocol is 5.
 
-How ``dumps`` runs, cheapest first:
+How ``dumps`` runs, cheapest first (``dump`` and a Pickler's first ``dump`` likewise):
 
-1. the plain C function ``_pickle.dumps``, exactly as pickle.  Ordinary data never meets any
-   Python code of mason's;
-2. if that raised, or its output names ``__main__`` or a module registered by value (a fast
-   substring search: pickle would have written those by reference), the pickle is made
-   again with mason's Pickler, whose ``reducer_override`` pickles by value what cannot be
-   imported by name.  Functions and classes at the top go straight to this step;
+1. the plain C pickler, exactly as pickle.  Ordinary data never meets any Python code of
+   mason's.  Where pickle would write a reference to ``__main__`` or to a module registered
+   by value, the C pickler's own import of that module fails (see ``_refusing_import`` at
+   the end of this module), so no scan of the output is needed;
+2. if that raised, the pickle is made again with mason's Pickler, whose
+   ``reducer_override`` pickles by value what cannot be imported by name (a Pickler kept per
+   thread: making one costs more than pickling a lambda).  A function at the top goes
+   straight to this step;
 3. if that fails too, the error is explained: a walk of the object graph finds the path to
    the object that cannot be pickled (errors only: the walk costs nothing otherwise).
+
+A Pickler with ``by_value`` (the default) pays one Python call per object that is not of a
+builtin value type, after its first ``dump``; ``by_value=False`` is pickle's Pickler.
 
 ``key=`` wraps the pickle in a signed envelope (``mason.signing``).
 """

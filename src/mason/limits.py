@@ -264,7 +264,9 @@ def check(data, max_depth: int, memo_slack: int) -> int | None:
     In memory, the engine bounds every declared length by the data itself, and a stream of
     at most ``max_depth`` bytes cannot nest deeper than that, so for such a stream a light
     pass suffices: it skips arguments, checks memo writes, and notes the protocol, globals
-    and STOP.  Longer streams get the full ``StreamCheck`` pass.
+    and STOP.  Before it, a byte filter clears the short streams that hold no byte that
+    could name a global or write a wide memo index (then ``end`` is the data's length).
+    Longer streams get the full ``StreamCheck`` pass.
 
     Returns ``end << 10 | proto << 2 | imports << 1 | stopped``: ``end`` is where the engine's
     input must end, ``stopped`` that the pass stopped at a malformed opcode.
@@ -277,6 +279,10 @@ def check(data, max_depth: int, memo_slack: int) -> int | None:
         if not done:
             return None
         return _pack(pos, full.proto, full.imports, full.stopped_at is not None)
+    if _INTERESTING.search(view if isinstance(view, bytes) else bytes(view)) is None:
+        # No byte anywhere that could, as an opcode, name a global or write a wide memo
+        # index: nothing to refuse, and a stream this short cannot nest too deep.
+        return _pack(end, 0, False, False)
     pos = proto = 0
     imports = False
     names: list | None = None
@@ -344,6 +350,9 @@ def check(data, max_depth: int, memo_slack: int) -> int | None:
                     raise _memo_error(value, start, op.name, memo_slack)
 
 
+_INTERESTING = re.compile(b"[" + b"".join(
+    re.escape(bytes([op.code])) for op in OPCODES
+    if op.imports or op.persistent or (op.role is Role.PUT and op.arg is not Arg.FIXED1)) + b"]")
 _UNREADABLE = object()
 _MEMOIZE = next(op.code for op in OPCODES if op.role is Role.MEMOIZE)
 

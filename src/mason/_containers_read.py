@@ -304,7 +304,8 @@ class _Crc:
         self.crc = 0
 
     def update(self, chunk) -> None:
-        self.crc = zlib.crc32(chunk, self.crc)
+        from .files import crc32
+        self.crc = crc32(chunk, self.crc)
 
 
 def _load_torch_legacy(file, options: dict):

@@ -261,11 +261,12 @@ def _find_newline(view, pos: int, end: int) -> int:
 def check(data, max_depth: int, memo_slack: int) -> int | None:
     """The fast check of a pickle held in memory; ``None`` if the data ends inside it.
 
-    In memory, the engine bounds every declared length by the data itself, and a stream of
-    at most ``max_depth`` bytes cannot nest deeper than that, so for such a stream a light
-    pass suffices: it skips arguments, checks memo writes, and notes the protocol, globals
-    and STOP.  Before it, a byte filter clears the short streams that hold no byte that
-    could name a global or write a wide memo index (then ``end`` is the data's length).
+    A stream of at most ``max_depth`` bytes cannot nest deeper than that, so for such a
+    stream a light pass suffices: it checks declared lengths against the data and memo
+    writes against their bound, skips everything else, and notes the protocol, globals and
+    STOP.  Before it, a byte filter clears the short streams that end with a STOP byte and
+    hold no byte that could name a global, write a wide memo index or declare a wide length
+    (then ``end`` is the data's length).
     Longer streams get the full ``StreamCheck`` pass.
 
     Returns ``end << 10 | proto << 2 | imports << 1 | stopped``: ``end`` is where the engine's
@@ -279,7 +280,8 @@ def check(data, max_depth: int, memo_slack: int) -> int | None:
         if not done:
             return None
         return _pack(pos, full.proto, full.imports, full.stopped_at is not None)
-    if _INTERESTING.search(view if isinstance(view, bytes) else bytes(view)) is None:
+    if end and view[end - 1] == _STOP \
+            and _INTERESTING.search(view if isinstance(view, bytes) else bytes(view)) is None:
         # No byte anywhere that could, as an opcode, name a global or write a wide memo
         # index: nothing to refuse, and a stream this short cannot nest too deep.
         return _pack(end, 0, False, False)
@@ -352,9 +354,11 @@ def check(data, max_depth: int, memo_slack: int) -> int | None:
 
 _INTERESTING = re.compile(b"[" + b"".join(
     re.escape(bytes([op.code])) for op in OPCODES
-    if op.imports or op.persistent or (op.role is Role.PUT and op.arg is not Arg.FIXED1)) + b"]")
+    if op.imports or op.persistent or (op.role is Role.PUT and op.arg is not Arg.FIXED1)
+    or op.arg in (Arg.LEN4, Arg.LEN4_SIGNED, Arg.LEN8)) + b"]")
 _UNREADABLE = object()
 _MEMOIZE = next(op.code for op in OPCODES if op.role is Role.MEMOIZE)
+_STOP = next(op.code for op in OPCODES if op.role is Role.STOP)
 
 
 def _with_names(packed: int, names):

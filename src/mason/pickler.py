@@ -16,8 +16,7 @@ How ``dumps`` runs, cheapest first (``dump`` and a Pickler's first ``dump`` like
    the end of this module), so no scan of the output is needed;
 2. if that raised, the pickle is made again with mason's Pickler, whose
    ``reducer_override`` pickles by value what cannot be imported by name (a Pickler kept per
-   thread: making one costs more than pickling a lambda).  A function at the top goes
-   straight to this step;
+   thread: making one costs more than pickling a lambda);
 3. if that fails too, the error is explained: a walk of the object graph finds the path to
    the object that cannot be pickled (errors only: the walk costs nothing otherwise).
 
@@ -35,6 +34,7 @@ import inspect
 import io
 import os
 import pickle
+import sys
 import threading
 import types
 import weakref
@@ -74,6 +74,13 @@ class Pickler(_pickle.Pickler):
                  by_value: bool = True):
         super().__init__(file, _protocol(protocol), fix_imports=fix_imports,
                          buffer_callback=buffer_callback)
+        if buffer_callback is not None and _protocol(protocol) >= 5 \
+                and not isinstance(getattr(type(self), "dispatch_table", None), dict):
+            # The caller takes buffers: arrays in any layout and torch tensors go out of
+            # band too (mason.arrays), not only what numpy puts there itself.
+            from .arrays import dispatch_table
+            self.dispatch_table = dispatch_table(protocol=_protocol(protocol),
+                                                 numpy_native=True)
         self._mason = state = _State(_protocol(protocol), by_value, file)
         if by_value:
             # The context refers to the pickler weakly: no cycle keeps either alive.
@@ -182,7 +189,7 @@ def dumps(obj, protocol=None, **options):
     # to receive one by one than as one dict, so they take the other path.  And this
     # function runs with builtins whose __import__ makes the C call fail for __main__
     # (see _refusing_import).
-    if not options and type(obj) is not _FunctionType:
+    if not options:
         proto = DEFAULT_PROTOCOL if protocol is None else protocol
         try:
             return _c_dumps(obj, proto)
@@ -344,18 +351,21 @@ class _ByValueNeeded(Exception):
 
 _refusals = 0
 _real_import = builtins.__import__
+_modules = sys.modules
 _registered = byvalue._BY_VALUE_MODULES  # a set, updated in place by register_by_value
 _is_registered = byvalue._is_registered
 
 
 def _refusing_import(name, *_):
     # PyImport_Import discards what __import__ returns and takes the module from
-    # sys.modules: importing the name (and so its parents) is all that is asked for.
+    # sys.modules: importing the name (and so its parents) is all that is asked for, and
+    # nothing at all when it is imported already.
     if name == "__main__" or _registered and _is_registered(name):
         global _refusals
         _refusals += 1
         raise _ByValueNeeded(name)
-    return _real_import(name)
+    if name not in _modules:
+        _real_import(name)
 
 
 def _with_builtins(func, builtins_dict):

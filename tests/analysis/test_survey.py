@@ -198,3 +198,39 @@ def test_the_survey_bounds_what_it_builds():
     assert _survey.survey(body, 0, watch)[0] == FALLBACK
     assert compiled.survey(body, 0, watch) == _survey.survey(body, 0, watch)
     assert _survey.survey(body)[0] == COMPLETE   # unwatched: nothing is built
+
+
+def test_the_scanner_reports_the_same_with_the_reference_survey():
+    """Without the compiled module, scans give the same reports (the pure-Python twin and
+    the reference limits check stand in)."""
+    import sys
+
+    from mason import limits
+    from mason.analysis import scan
+
+    module = sys.modules["mason.analysis.scan"]
+
+    def summary(report):
+        return report.verdict, report.format, [
+            (f.severity, f.category, f.name, f.member, f.offset, f.count, f.detail)
+            for f in report.findings], [(p.member, p.start, p.end) for p in report.pickles]
+
+    samples = corpus.all_samples()
+    compiled_reports = []
+    for sample in samples:
+        undo = corpus.register(sample)
+        try:
+            compiled_reports.append(summary(scan(sample.data, sample.policy())))
+        finally:
+            undo()
+    saved = module._survey, module._limits_check
+    module._survey, module._limits_check = _survey.survey, limits.check
+    try:
+        for sample, expected in zip(samples, compiled_reports):
+            undo = corpus.register(sample)
+            try:
+                assert summary(scan(sample.data, sample.policy())) == expected, sample
+            finally:
+                undo()
+    finally:
+        module._survey, module._limits_check = saved

@@ -66,7 +66,7 @@ DEFAULT_MAX_SIZE = 4 << 30
 """Largest decompressed member (bytes) a scan unpacks; past it the file is a resource bomb."""
 MAX_NESTING = 8
 """Deepest nesting of containers (a zip in a tar in a gzip...) a scan follows."""
-DETAIL_LIMIT = 8 << 20
+DETAIL_LIMIT = 1 << 20
 """Streams up to this size get their calls rendered (``Finding.detail``) when they are not
 safe; larger ones are reported by name only."""
 

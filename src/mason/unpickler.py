@@ -19,6 +19,7 @@ from __future__ import annotations
 import _compat_pickle
 import _pickle
 import copyreg
+import inspect
 import io
 import os
 import struct
@@ -523,7 +524,7 @@ def _all_refused(first: UnsafeGlobalError, data, unpickler: Unpickler) -> Unsafe
     return UnsafeGlobalError(message, refused)
 
 
-def loads(data, /, *, fix_imports: bool = True, encoding: str = "ASCII",
+def _loads_options(data, /, *, fix_imports: bool = True, encoding: str = "ASCII",
           errors: str = "strict", buffers: Iterable[Any] | None = None,
           allow: Iterable[str] | None = None, policy: Policy | None = None,
           trusted: bool = False, renames: Mapping[str, str] | None = None,
@@ -542,7 +543,6 @@ def loads(data, /, *, fix_imports: bool = True, encoding: str = "ASCII",
         from .signing import open_envelope
         data = open_envelope(data, key)   # SignatureError unless verified
         trusted = trusted or (allow is None and policy is None)
-    # This is the hot path: one compiled check, then the C engine.  Keep it short.
     if limits is None:
         if policy is None:
             limits = _DEFAULT_LIMITS
@@ -552,7 +552,14 @@ def loads(data, /, *, fix_imports: bool = True, encoding: str = "ASCII",
             raise TypeError(f"policy must be a mason.Policy, not {type(policy).__name__}")
     if isinstance(data, str):
         raise TypeError("a bytes-like object is required, not 'str'")
-    checked = _check(data, limits.max_depth, limits.memo_slack)
+    return _loads_checked(data, _check(data, limits.max_depth, limits.memo_slack),
+                          fix_imports, encoding, errors, buffers, allow, policy, trusted,
+                          renames, limits)
+
+
+def _loads_checked(data, checked, fix_imports, encoding, errors, buffers, allow, policy,
+                   trusted, renames, limits):
+    """loads() once the compiled check has run: ``checked`` is its result."""
     if type(checked) is int:
         packed, names = checked, _NOT_READ
     elif checked is None:
@@ -602,6 +609,32 @@ def loads(data, /, *, fix_imports: bool = True, encoding: str = "ASCII",
         policy, limits = _make_policy(allow, policy, trusted, limits)
         unpickler = Unpickler._for_bytes(policy, limits)
     return unpickler._load_checked(data, (packed >> 2) & 0xFF)
+
+
+def loads(data, /, **options):
+    # The hot path: with no options (the usual call), one compiled check that clears a
+    # stream naming no global, then the C engine.  Its signature is the full one (see
+    # __signature__ below); keyword arguments cost more to receive one by one than as one
+    # dict, so they, and every stream the quick check does not clear, take the other path.
+    if not options:
+        checked = _check(data, _DEFAULT_LIMITS.max_depth, _DEFAULT_LIMITS.memo_slack)
+        if type(checked) is int and not checked & 3:
+            try:
+                return _pickle_loads(data)
+            except MasonError:
+                raise
+            except _ENGINE_ERRORS as exc:
+                raise _malformed(exc, data, _DEFAULT_LIMITS) from exc
+            except EOFError as exc:
+                raise TruncatedPickleError(str(exc)) from exc
+        return _loads_checked(data, checked, True, "ASCII", "strict", None, None, None, False,
+                              None, _DEFAULT_LIMITS)
+    return _loads_options(data, **options)
+
+
+loads.__doc__ = _loads_options.__doc__
+loads.__signature__ = inspect.signature(_loads_options)
+_loads_options.__qualname__ = _loads_options.__name__ = "loads"
 
 
 def _load_plainly(policy: Policy, names, proto: int, fix_imports: bool) -> bool:

@@ -79,14 +79,22 @@ def test_closure_refers_to_the_function_itself_and_to_each_other():
 
 
 def test_empty_cell_survives():
-    def make():
+    def make(assign):
         def early():
-            return later  # noqa: F821 - assigned after early is made
-        f = early
-        return f
-    loaded = roundtrip(make())
-    with pytest.raises(NameError):
+            return later
+        if assign:
+            later = "assigned"
+        return early
+
+    empty = make(False)
+    with pytest.raises(ValueError):
+        empty.__closure__[0].cell_contents  # an empty cell: pickled as one
+    loaded = roundtrip(empty)
+    with pytest.raises(ValueError):
+        loaded.__closure__[0].cell_contents
+    with pytest.raises(NameError, match="later"):
         loaded()
+    assert roundtrip(make(True))() == "assigned"
 
 
 def test_nested_and_recursive_globals():

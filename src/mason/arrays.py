@@ -156,16 +156,27 @@ def rebuild_tensor(buffer, dtype: str, shape, requires_grad: bool = False,
     return tensor
 
 
-def dispatch_table(base=None, protocol: int = 5) -> dict:
+def dispatch_table(base=None, protocol: int = 5, *, numpy_native: bool = False) -> dict:
     """``copyreg.dispatch_table`` plus the array and tensor reducers of the libraries that
     are already imported (an object of a library that is not imported cannot be pickled).
 
     A reducer that declines falls back to the object's own ``__reduce_ex__``: a dispatch
-    table, unlike ``reducer_override``, has no way to say "not mine"."""
+    table, unlike ``reducer_override``, has no way to say "not mine".
+
+    ``numpy_native``: leave contiguous arrays to numpy's own reduction, which puts them out
+    of band too and names only numpy (``mason.dumps`` with a ``buffer_callback``: its
+    pickles then load without mason wherever they can)."""
     table = dict(copyreg.dispatch_table if base is None else base)
     numpy = sys.modules.get("numpy")
     if numpy is not None:
-        table[numpy.ndarray] = _or_own(reduce_ndarray, protocol)
+        reduce = _or_own(reduce_ndarray, protocol)
+        if numpy_native:
+            def reduce(obj, _mine=reduce):
+                flags = obj.flags
+                if (flags.c_contiguous or flags.f_contiguous) or obj.dtype.hasobject:
+                    return obj.__reduce_ex__(protocol)
+                return _mine(obj)
+        table[numpy.ndarray] = reduce
     torch = sys.modules.get("torch")
     if torch is not None:
         table[torch.Tensor] = table[torch.nn.Parameter] = _or_own(reduce_tensor, protocol)

@@ -15,12 +15,14 @@ Python state on the tensor.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 
 from .errors import UnsafeGlobalError
 
 __all__ = ["StorageType", "STORAGE_TYPES", "LoadedStorage", "rebuild_tensor_v2",
-           "rebuild_parameter", "rebuild_parameter_with_state", "rebuild_from_type_v2"]
+           "rebuild_parameter", "rebuild_parameter_with_state", "rebuild_from_type_v2",
+           "load_from_bytes"]
 
 
 def _refuse(message: str):
@@ -180,3 +182,30 @@ def rebuild_from_type_v2(func, new_type, args, state):
 
 
 rebuild_from_type_v2.__name__ = rebuild_from_type_v2.__qualname__ = "_rebuild_from_type_v2"
+
+
+_nesting = threading.local()
+
+
+def load_from_bytes(data):
+    """torch.storage._load_from_bytes, as a plain ``pickle.dumps(tensor)`` writes each
+    storage: the bytes of a legacy ``torch.save`` of that one storage.  torch would call
+    ``torch.load`` on them; mason reads them with its own checkpoint reader under the
+    torch preset, and accepts only a storage as the result.  Not nested."""
+    if not isinstance(data, (bytes, bytearray)):
+        _refuse("torch _load_from_bytes called without bytes")
+    if getattr(_nesting, "depth", 0):
+        _refuse("torch _load_from_bytes inside the bytes of another: refused")
+    from ._containers_read import load_bytes
+
+    _nesting.depth = 1
+    try:
+        result = load_bytes(data, {"preset": "torch"}, 0)
+    finally:
+        _nesting.depth = 0
+    if not isinstance(result, LoadedStorage):
+        _refuse(f"torch _load_from_bytes gave a {type(result).__name__}, not a storage")
+    return result
+
+
+load_from_bytes.__name__ = load_from_bytes.__qualname__ = "_load_from_bytes"

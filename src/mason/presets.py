@@ -91,6 +91,7 @@ TORCH_SUBSTITUTES = {
     "torch._utils._rebuild_parameter": tc.rebuild_parameter,
     "torch._utils._rebuild_parameter_with_state": tc.rebuild_parameter_with_state,
     "torch._tensor._rebuild_from_type_v2": tc.rebuild_from_type_v2,
+    "torch.storage._load_from_bytes": tc.load_from_bytes,
     **{f"torch.{name}": tc.StorageType(name, dtype)
        for name, dtype in tc.STORAGE_TYPES.items()},
 }

@@ -221,3 +221,29 @@ def test_hostile_container_runs_nothing(marker, tmp_path):
     """)
     assert control.returncode == 0, control.stderr
     assert marker.exists()
+
+
+def test_torch_load_from_bytes_reads_only_a_storage(marker, tmp_path):
+    import torch
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    inner = io.BytesIO()
+    torch.save({"evil": Payload()}, inner, _use_new_zipfile_serialization=False)
+    payload = whole(call(g("torch.storage", "_load_from_bytes"), b(inner.getvalue())))
+    with pytest.raises(UnsafeGlobalError):
+        mason.loads(payload, preset="torch")
+    assert not marker.exists()
+    # what the bytes are: a checkpoint that torch.load without weights_only runs
+    inner_path = tmp_path / "inner.pt"
+    inner_path.write_bytes(inner.getvalue())
+    control = run_python(f"import torch; torch.load({str(inner_path)!r}, weights_only=False)")
+    assert control.returncode == 0, control.stderr
+    assert marker.exists()
+    plain = io.BytesIO()
+    torch.save({"a": 1}, plain, _use_new_zipfile_serialization=False)
+    with pytest.raises(UnsafeGlobalError, match="not a storage"):
+        mason.loads(whole(call(g("torch.storage", "_load_from_bytes"), b(plain.getvalue()))),
+                    preset="torch")

@@ -90,12 +90,12 @@ import threading
 import time
 import types
 import warnings
+import weakref
 from typing import Any, Callable, Iterable
 
 from . import hashing
 from .errors import MasonError
 from .pickler import Pickler
-from .unpickler import loads
 
 __all__ = ["Memory", "CachedFunction", "cache", "CacheWarning", "CacheKeyError",
            "default_location", "key_file_path"]
@@ -117,6 +117,7 @@ _TOUCH_EVERY = 1.0               # a hit refreshes the entry's mtime at most thi
 _RESCAN_EVERY = 60.0             # the size estimate is redone from disk at least this often
 _EVICT_TO = 0.9                  # eviction stops at this fraction of max_size
 _MISS = object()
+_AGAIN = object()
 _MISSING = object()
 _TAG = sys.implementation.cache_tag or "python"
 
@@ -375,9 +376,10 @@ class _Invalid(Exception):
 
 
 def _read_entry(fd: int, mac_base, key: str, use_mmap: bool, header_only: bool = False):
-    """Verify the open entry ``fd``; return ``(header, body)``.  ``body`` is a memoryview of
-    the value's pickle and buffers (``None`` with ``header_only``).  Raises ``_Invalid`` when
-    the entry does not verify: nothing of its pickle has run then."""
+    """Verify the open entry ``fd``; return ``(header, body, offset)``.  ``body`` is a
+    memoryview of the value's pickle and buffers (``None`` with ``header_only``), which start
+    at ``offset`` in the file.  Raises ``_Invalid`` when the entry does not verify: nothing
+    of its pickle has run then."""
     buf = bytearray(_FIRST_READ)
     got = os.readv(fd, [buf])
     if got < _PREFIX or buf[:8] != _MAGIC:
@@ -402,41 +404,97 @@ def _read_entry(fd: int, mac_base, key: str, use_mmap: bool, header_only: bool =
     header = _pickle.loads(view[_PREFIX:start])   # verified: our own dict of plain values
     if header.get("v") != 1 or header.get("key") != key:
         raise _Invalid("it holds the entry of another call (it was moved or copied here)")
-    if header_only:
-        return header, None
     body_start = start + _pad(start)
+    if header_only:
+        return header, None, body_start
     end = body_start + header["body"]
     if end <= got:
         body = view[body_start:end]
-    elif use_mmap and end >= _MMAP_MIN:
+    else:
+        body = _body(fd, body_start, end, use_mmap, view[:got])
+    if not hmac.compare_digest(_sha256(body).digest(), header["sha256"]):
+        raise _Invalid("its contents do not match its signed digest (altered or torn)")
+    return header, body, body_start
+
+
+def _body(fd: int, start: int, end: int, use_mmap: bool, head=b""):
+    """The body of an entry, ``[start:end]`` of the file: memory-mapped copy-on-write (large
+    entries), else read into memory of its own.  ``head``: the first bytes, already read."""
+    if use_mmap and end >= _MMAP_MIN:
         try:
             mapped = _mmap.mmap(fd, end, access=_mmap.ACCESS_COPY)
         except (ValueError, OSError):
             raise _Invalid("it is shorter than its header says (truncated)") from None
-        body = memoryview(mapped)[body_start:end]
-    else:
-        whole = bytearray(end)
-        whole[:got] = view[:got]
-        if os.preadv(fd, [memoryview(whole)[got:]], got) != end - got:
-            raise _Invalid("it is shorter than its header says (truncated)")
-        body = memoryview(whole)[body_start:end]
-    if not hmac.compare_digest(_sha256(body).digest(), header["sha256"]):
-        raise _Invalid("its contents do not match its signed digest (altered or torn)")
-    return header, body
+        return memoryview(mapped)[start:end]
+    whole = bytearray(end)
+    got = len(head)
+    whole[:got] = head
+    if os.preadv(fd, [memoryview(whole)[got:]], got) != end - got:
+        raise _Invalid("it is shorter than its header says (truncated)")
+    return memoryview(whole)[start:end]
 
 
-def _unpack(header: dict, body, copy_buffers: bool):
-    """The value of a verified entry.  ``copy_buffers``: the body is shared (the in-process
-    memo of small entries), so each load gets buffers of its own, writable."""
-    n = header["pickle"]
+def _unpack(header: dict, pickled, body, copy_buffers: bool):
+    """The value of a verified entry: its pickle, and its buffers in ``body``.
+    ``copy_buffers``: the body is shared (remembered in memory), so each load gets buffers of
+    its own, writable."""
     if copy_buffers:
         buffers = [bytearray(body[off:off + length]) for off, length in header["buffers"]]
     else:
         buffers = [body[off:off + length] for off, length in header["buffers"]]
     try:
-        return loads(body[:n], buffers=buffers, trusted=True)
+        # Verified as this user's own bytes: a trusted load, which is the C engine's own
+        # (mason.loads(trusted=True) adds only a resource check that our own pickles pass).
+        return _pickle.loads(pickled, buffers=buffers)
     except Exception as exc:  # noqa: BLE001 - verified, but it no longer loads here
         raise _Invalid(f"it no longer loads ({type(exc).__name__}: {exc})") from None
+
+
+class _Verified:
+    """An entry this process has verified, remembered so that loading it again costs no
+    second verification.  Two kinds:
+
+    * small entries (``body`` set): the verified bytes themselves, kept in memory, valid while
+      the file's inode, size, mtime and ctime are unchanged.  Reloading uses only these bytes,
+      so even a file changed in a way the check missed could not be loaded unverified;
+    * large entries (``fd`` set): the verified pickle in memory, and the file kept open.  An
+      open file's inode cannot be reused, so while ``stat(path)`` gives that device and inode
+      the path still names the very file that was verified; entries are written 0644 and
+      never in place, so its bytes are those that were checked (and its mtime and ctime say
+      so).  The buffers are mapped from the open file again for each load.
+    """
+
+    __slots__ = ("sig", "header", "pickle", "body", "fd", "start", "size")
+
+    def __init__(self, sig, header, pickle, body=None, fd=None, start=0, size=0):
+        self.sig = sig
+        self.header = header
+        self.pickle = pickle
+        self.body = body
+        self.fd = fd
+        self.start = start
+        self.size = size
+
+    def close(self) -> None:
+        if self.fd is not None:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = None
+
+
+def _small_sig(st) -> tuple:
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _large_sig(st) -> tuple:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+_MAX_OPEN = 32            # large verified entries kept open, per Memory
+_MAX_OPEN_BYTES = 4 << 30  # ... holding at most this much disk (cleared files stay until closed)
+_MAX_SMALL = 2048          # small verified entries kept in memory, per Memory
 
 
 # --------------------------------------------------------------------------------------------
@@ -654,7 +712,10 @@ class Memory:
         self._scanned_at = 0.0
         self._ready = False
         self._touched: dict[str, float] = {}
-        self._recent: dict[str, tuple] = {}
+        self._recent: dict[str, _Verified] = {}
+        self._open_paths: list[str] = []
+        self._open_bytes = 0
+        weakref.finalize(self, _close_all, self._recent)
 
     def __getstate__(self) -> dict:
         # What makes the Memory, not what it remembers in this process (nor its lock).
@@ -739,32 +800,10 @@ class Memory:
 
     def _load(self, path: str, key: str, header_only: bool = False):
         """The value of the entry at ``path`` (or its header), or ``_MISS``."""
-        recent = self._recent.get(path)
-        if recent is not None:
-            # A small entry verified before: if the file is still that very file (same inode,
-            # size, and modification and change times, which any write or replacement
-            # updates), reuse what was verified instead of reading and checking it again.
-            # Nothing unverified is ever loaded this way: the memo holds verified bytes.
-            try:
-                st = os.stat(path)
-            except (FileNotFoundError, NotADirectoryError):
-                del self._recent[path]
-                return _MISS
-            if (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) == recent[0]:
-                header = recent[1]
-                if self.max_age is not None and time.time() - header["created"] > self.max_age:
-                    return _MISS
-                if header_only:
-                    return header
-                try:
-                    value = _unpack(header, recent[2], True)
-                except _Invalid as exc:
-                    del self._recent[path]
-                    self._warn(path, exc)
-                    return _MISS
-                now = time.time()
-                if now - self._touched.get(path, 0.0) >= _TOUCH_EVERY:
-                    self._touch(None, path, now)
+        known = self._recent.get(path)
+        if known is not None:
+            value = self._load_known(path, known, header_only)
+            if value is not _AGAIN:
                 return value
         try:
             fd = os.open(path, _open_flags)
@@ -772,34 +811,104 @@ class Memory:
             return _MISS
         try:
             st = os.fstat(fd)
-            header, body = _read_entry(fd, self._mac(), key, self.mmap, header_only)
-            if self.max_age is not None and time.time() - header["created"] > self.max_age:
+            header, body, start = _read_entry(fd, self._mac(), key, self.mmap, header_only)
+            if self._expired(header):
                 return _MISS
             if header_only:
                 return header
-            small = body.nbytes <= _FIRST_READ and not isinstance(body.obj, _mmap.mmap)
-            if small:
+            n = header["pickle"]
+            if body.nbytes <= _FIRST_READ and not isinstance(body.obj, _mmap.mmap):
                 body = bytes(body)
-                if len(self._recent) >= 2048:
-                    self._recent.clear()
-                self._recent[path] = ((st.st_ino, st.st_size, st.st_mtime_ns,
-                                       st.st_ctime_ns), header, body)
-            value = _unpack(header, body, small)
+                self._remember(path, _Verified(_small_sig(st), header, None, body=body))
+                value = _unpack(header, memoryview(body)[:n], body, True)
+            else:
+                self._remember(path, _Verified(_large_sig(st), header, bytes(body[:n]),
+                                               fd=os.dup(fd), start=start,
+                                               size=st.st_size))
+                value = _unpack(header, body[:n], body, False)
             now = time.time()
             if now - self._touched.get(path, 0.0) >= _TOUCH_EVERY:
                 self._touch(fd, path, now)
             return value
         except _Invalid as exc:
-            self._recent.pop(path, None)
+            self._forget(path)
             self._warn(path, exc)
             return _MISS
         finally:
             os.close(fd)
 
+    def _load_known(self, path: str, known: _Verified, header_only: bool):
+        """Load an entry verified before, if the file is still that one; ``_AGAIN`` if not."""
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            self._forget(path)
+            return _MISS
+        small = known.body is not None
+        if (_small_sig(st) if small else _large_sig(st)) != known.sig:
+            self._forget(path)
+            return _AGAIN
+        header = known.header
+        if self._expired(header):
+            return _MISS
+        if header_only:
+            return header
+        try:
+            if small:
+                body = known.body
+                value = _unpack(header, memoryview(body)[:header["pickle"]], body, True)
+            else:
+                body = _body(known.fd, known.start, known.start + header["body"], self.mmap)
+                value = _unpack(header, known.pickle, body, False)
+        except _Invalid as exc:
+            self._forget(path)
+            self._warn(path, exc)
+            return _MISS
+        now = time.time()
+        if now - self._touched.get(path, 0.0) >= _TOUCH_EVERY:
+            self._touch(known.fd, path, now)
+        return value
+
+    def _expired(self, header: dict) -> bool:
+        return self.max_age is not None and time.time() - header["created"] > self.max_age
+
+    def _remember(self, path: str, verified: _Verified) -> None:
+        with self._lock:
+            old = self._recent.pop(path, None)
+            if old is not None:
+                old.close()
+            if verified.fd is not None:
+                self._open_bytes += verified.size
+                self._open_paths.append(path)
+                while len(self._open_paths) > _MAX_OPEN or \
+                        self._open_bytes > _MAX_OPEN_BYTES and len(self._open_paths) > 1:
+                    self._drop(self._open_paths[0])
+            elif len(self._recent) >= _MAX_SMALL:
+                for gone in [p for p, v in self._recent.items() if v.fd is None]:
+                    del self._recent[gone]
+            self._recent[path] = verified
+
+    def _forget(self, path: str) -> None:
+        with self._lock:
+            self._drop(path)
+
+    def _drop(self, path: str) -> None:
+        verified = self._recent.pop(path, None)
+        if verified is not None and verified.fd is not None:
+            verified.close()
+            self._open_bytes -= verified.size
+            self._open_paths.remove(path)
+
+    def _forget_all(self) -> None:
+        """Close the remembered files (so that deleted entries free their disk space)."""
+        with self._lock:
+            for path in list(self._recent):
+                self._drop(path)
+
     @staticmethod
     def _warn(path: str, exc: Exception) -> None:
         warnings.warn(CacheWarning(f"mason cache: not loading {path}: {exc}. Computing the "
-                                   "result again; it replaces this entry."), stacklevel=4)
+                                   "result again; it replaces this entry."), stacklevel=5)
 
     def _touch(self, fd: int | None, path: str, now: float) -> None:
         """Mark the entry used now (its mtime), for least-recently-used eviction."""
@@ -815,40 +924,43 @@ class Memory:
                 else:
                     os.utime(path)
                     st = os.stat(path)
-                recent = self._recent.get(path)
-                if recent is not None:
+                known = self._recent.get(path)
+                if known is not None:
                     # Our own touch: what was verified is still the file's content.
-                    self._recent[path] = ((st.st_ino, st.st_size, st.st_mtime_ns,
-                                           st.st_ctime_ns),) + recent[1:]
+                    known.sig = _small_sig(st) if known.body is not None else _large_sig(st)
         except OSError:
             pass   # a read-only cache still serves hits
 
     def _store(self, directory: str, path: str, key: str, value, meta: dict) -> None:
         self._prepare()
         mac_base = self._mac()
-        for attempt in (1, 2):
-            tmp = os.path.join(directory, f"{_TMP_PREFIX}{key}.{os.getpid()}."
-                                          f"{threading.get_ident()}.{secrets.token_hex(4)}")
+        tmp = os.path.join(directory, f"{_TMP_PREFIX}{key}.{os.getpid()}."
+                                      f"{threading.get_ident()}.{secrets.token_hex(4)}")
+        for attempt in range(20):
             try:
-                fd = os.open(tmp, _create_flags, 0o666)
+                # Never group- or world-writable: nobody else may change an entry in place.
+                fd = os.open(tmp, _create_flags, 0o644)
+                break
             except FileNotFoundError:
-                if attempt == 2:
+                # The function's first entry, or a clear() removed the empty directory (it
+                # may do so again between makedirs and open: retry).  Once the temporary
+                # file is in it, the directory cannot be removed, so the rename below finds
+                # it.
+                if attempt == 19:
                     raise
-                os.makedirs(directory, exist_ok=True)   # first entry, or cleared meanwhile
-                continue
+                os.makedirs(directory, exist_ok=True)
+        try:
             try:
-                try:
-                    size = _write_entry(fd, mac_base, key, value, meta)
-                finally:
-                    os.close(fd)
-                os.replace(tmp, path)
-            except BaseException:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-                raise
-            break
+                size = _write_entry(fd, mac_base, key, value, meta)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
         if self.max_size is not None:
             self._account(size, path)
 
@@ -934,6 +1046,7 @@ class Memory:
         """Delete every entry of every function in this directory (and temporary files of
         dead writers).  Returns the number of entries deleted.  Only mason's own files are
         touched."""
+        self._forget_all()
         return _clear_dirs(self.location, None)
 
     def info(self) -> dict:
@@ -958,6 +1071,11 @@ class Memory:
                 "size": sum(size for _, size, _ in entries), "functions": functions,
                 "max_size": self.max_size, "max_age": self.max_age,
                 "track_code": self.track_code, "key": self._key_source}
+
+
+def _close_all(recent: dict) -> None:
+    for verified in list(recent.values()):
+        verified.close()
 
 
 def _unlink(path: str) -> int:
@@ -1132,6 +1250,7 @@ class CachedFunction:
 
     def clear(self) -> int:
         """Delete this function's entries (every code version).  Returns how many."""
+        self.memory._forget_all()
         return _clear_dirs(self.memory.location, self.directory)
 
     def info(self) -> dict:

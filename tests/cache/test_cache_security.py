@@ -318,3 +318,61 @@ def test_the_control_itself_detects_a_live_payload(marker):
     with pytest.raises(AssertionError, match="not live"):
         assert_live(pickle.dumps({"harmless": True}), marker)
 
+
+
+# -- entries verified once in a process ------------------------------------------------------
+
+def ramp(n):
+    import numpy as np
+    return np.arange(n, dtype=np.float64)
+
+
+def _flip_last_byte(data: bytes) -> bytes:
+    return data[:-1] + bytes([data[-1] ^ 0xFF])
+
+
+@pytest.mark.parametrize("how", ["replaced", "in place"])
+@pytest.mark.parametrize("n", [10, 400_000])   # a small entry (kept in memory), a large one
+def test_entry_changed_after_this_process_verified_it(location, how, n):
+    import numpy as np
+
+    memory = Memory(location, key=b"k" * 32)
+    f = memory.cache(ramp)
+    f(n)
+    for _ in range(3):   # verified once, then loaded from what was verified
+        np.testing.assert_array_equal(f(n), np.arange(n, dtype=np.float64))
+    path = entry_path(f, n)
+    tampered = _flip_last_byte(path.read_bytes())
+    if how == "replaced":
+        other = path.with_suffix(".new")
+        other.write_bytes(tampered)
+        os.replace(other, path)
+    else:
+        with open(path, "r+b") as fh:
+            fh.seek(len(tampered) - 1)
+            fh.write(tampered[-1:])
+        stamp = path.stat().st_mtime_ns + 1_000_000
+        os.utime(path, ns=(stamp, stamp))   # the write's mtime, even on a coarse clock
+    with pytest.warns(CacheWarning, match="do not match its signed digest"):
+        np.testing.assert_array_equal(f(n), np.arange(n, dtype=np.float64))
+
+
+def test_clear_closes_the_entries_this_process_holds(location):
+    memory = Memory(location, key=b"k" * 32)
+    f = memory.cache(ramp)
+    for n in (300_000, 300_001):
+        f(n)
+        f(n)   # verified and kept open
+
+    def held() -> list[str]:
+        targets = []
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                targets.append(os.readlink(f"/proc/self/fd/{name}"))
+            except OSError:   # the descriptor listdir itself used
+                pass
+        return [t for t in targets if t.startswith(location)]
+
+    assert len(held()) == 2
+    assert memory.clear() == 2
+    assert held() == []   # the deleted files' space is freed

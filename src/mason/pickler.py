@@ -16,7 +16,8 @@ How ``dumps`` runs, cheapest first (``dump`` and a Pickler's first ``dump`` like
    the end of this module), so no scan of the output is needed;
 2. if that raised, the pickle is made again with mason's Pickler, whose
    ``reducer_override`` pickles by value what cannot be imported by name (a Pickler kept per
-   thread: making one costs more than pickling a lambda);
+   thread: making one costs more than pickling a lambda).  A function at the top goes
+   straight to this step (a failed plain attempt costs an exception);
 3. if that fails too, the error is explained: a walk of the object graph finds the path to
    the object that cannot be pickled (errors only: the walk costs nothing otherwise).
 
@@ -189,7 +190,7 @@ def dumps(obj, protocol=None, **options):
     # to receive one by one than as one dict, so they take the other path.  And this
     # function runs with builtins whose __import__ makes the C call fail for __main__
     # (see _refusing_import).
-    if not options:
+    if not options and type(obj) is not _FunctionType:
         proto = DEFAULT_PROTOCOL if protocol is None else protocol
         try:
             return _c_dumps(obj, proto)

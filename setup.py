@@ -1,5 +1,6 @@
-"""Builds mason's one compiled module, the limits check.  It is optional: if no compiler is
-available the package still works, with the pure-Python check giving identical results."""
+"""Builds mason's compiled modules: the limits check (_limits) and the scanner's survey
+(_scan).  Both are optional: without a compiler the package still works, with pure-Python
+twins that give identical results (the tests hold them to it)."""
 
 from setuptools import Extension, setup
 

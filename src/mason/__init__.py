@@ -11,15 +11,33 @@ from .errors import (LimitError, MalformedPickleError, MasonError, PickleError, 
 from .limits import Limits
 from .pickler import DEFAULT_PROTOCOL, HIGHEST_PROTOCOL, Pickler, dump, dumps
 from .policy import Policy
-from .store import NetworkFilesystemError, Store, StoreBusyError, StoreError, TransactionLostError
 from .unpickler import Unpickler, load, loads
 
+# Heavier parts load on first use, so that ``import mason`` stays as cheap as pickle's.
+_LAZY = {
+    "Store": "store", "StoreError": "store", "StoreBusyError": "store",
+    "NetworkFilesystemError": "store", "TransactionLostError": "store",
+    "scan": "analysis", "dis": "analysis", "show": "analysis", "ScanReport": "analysis",
+    "Finding": "analysis", "Verdict": "analysis",
+}
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mason' has no attribute {name!r}")
+    import importlib
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 __all__ = [
-    "DEFAULT_PROTOCOL", "HIGHEST_PROTOCOL", "LimitError", "Limits", "MalformedPickleError",
-    "MasonError", "NetworkFilesystemError", "PickleBuffer", "PickleError", "Pickler",
-    "PicklingError", "Policy", "Store", "StoreBusyError", "StoreError", "TransactionLostError",
-    "TruncatedPickleError", "Unpickler", "UnpicklingError", "UnsafeGlobalError", "dump",
-    "dumps", "load", "loads",
+    "DEFAULT_PROTOCOL", "Finding", "HIGHEST_PROTOCOL", "LimitError", "Limits",
+    "MalformedPickleError", "MasonError", "NetworkFilesystemError", "PickleBuffer",
+    "PickleError", "Pickler", "PicklingError", "Policy", "ScanReport", "Store",
+    "StoreBusyError", "StoreError", "TransactionLostError", "TruncatedPickleError",
+    "Unpickler", "UnpicklingError", "UnsafeGlobalError", "Verdict", "dis", "dump", "dumps",
+    "load", "loads", "scan", "show",
 ]
 
 __version__ = "0.1.0"

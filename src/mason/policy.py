@@ -128,6 +128,16 @@ class Policy:
         return _DEFAULT
 
     @classmethod
+    def from_pickle(cls, source, base: Policy | None = None, *, dangerous: bool = False,
+                    limits: Limits | None = None) -> Policy:
+        """The policy a known-good pickle needs: ``base`` (the default policy if omitted)
+        plus exactly the globals ``source`` (a path, bytes or a binary file) names, read
+        without running it.  Pin it instead of loading with ``trusted=True``.  Names known
+        to be dangerous are left out unless ``dangerous=True``."""
+        from .analysis.scan import policy_from_pickle   # the scanner sits a layer above
+        return policy_from_pickle(source, base, dangerous=dangerous, limits=limits)
+
+    @classmethod
     def preset(cls, *names: str, limits: Limits | None = None) -> Policy:
         """The default policy plus the presets ``names`` ("numpy", "pandas", "sklearn",
         "torch"; see ``mason.presets`` and docs/models.md for what each admits and why)."""

@@ -871,8 +871,17 @@ done:
     PyBuffer_Release(&view);
     return ret;
 finished:
-    /* A stream that names globals gets (packed, names): the caller need not read again. */
+    /* A stream that names globals gets (packed, names), names a tuple (hashable, so a
+     * caller may remember its verdict on them): the caller need not read again. */
     if (ret != NULL && names != NULL) {
+        if (names != Py_None) {
+            PyObject *frozen = PyList_AsTuple(names);
+            if (frozen == NULL) {
+                Py_CLEAR(ret);
+                goto done;
+            }
+            Py_SETREF(names, frozen);
+        }
         ret = Py_BuildValue("(NO)", ret, names);   /* N: the tuple takes ret's reference */
     }
     goto done;

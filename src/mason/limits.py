@@ -362,11 +362,11 @@ _STOP = next(op.code for op in OPCODES if op.role is Role.STOP)
 
 
 def _with_names(packed: int, names):
-    """A stream that names globals gets ``(packed, names)``, ``names`` being None when one
-    cannot be read off the stream; see check()."""
+    """A stream that names globals gets ``(packed, names)``, ``names`` a tuple of
+    ``(module, name)``, or None when one cannot be read off the stream; see check()."""
     if names is None:
         return packed
-    return packed, (None if names is _UNREADABLE else names)
+    return packed, (None if names is _UNREADABLE else tuple(names))
 
 
 def _light_name(view, end: int, start: int, last_len1: int, prev_len1: int):

@@ -44,6 +44,7 @@ _DEFAULT_LIMITS = Limits()
 _DEFAULT_POLICY = Policy.default()
 _NO_FILE = io.BytesIO()
 _NOT_READ = object()   # loads: the check did not read the stream's global names
+_DEFAULT_VERDICTS: dict = {}   # loads: (names, protocol) -> whether they load plainly
 _pickle_loads = _pickle.loads   # loads() hands its Unpickler the bytes directly
 _MISSING = object()
 # Errors the C engine raises on a malformed stream (rather than from code the stream calls).
@@ -299,9 +300,15 @@ class Unpickler(_pickle.Unpickler):
                 uncached = self._check_extensions(data)
             if self._policy is not None and self._policy._prechecks:
                 # A preset's reading of the stream before it runs (numpy dtypes: see
-                # mason._numpy_checks); it resolves names as find_class does.
-                for precheck in self._policy._prechecks:
-                    precheck(data, self.find_class)
+                # mason._numpy_checks); it resolves names as find_class does.  A precheck
+                # may return a check of the loaded object (pandas block placements), run
+                # before the object is returned.
+                after = [check for check in (precheck(data, self.find_class)
+                                             for precheck in self._policy._prechecks) if check]
+                loaded = super().load()
+                for check in after:
+                    check(loaded)
+                return loaded
             return super().load()
         except UnsafeCodeError:
             raise
@@ -618,7 +625,21 @@ def loads(data, /, **options):
     # dict, so they, and every stream the quick check does not clear, take the other path.
     if not options:
         checked = _check(data, _DEFAULT_LIMITS.max_depth, _DEFAULT_LIMITS.memo_slack)
-        if type(checked) is int and not checked & 3:
+        if type(checked) is int:
+            direct = not checked & 3
+        elif checked is not None and not checked[0] & 1:
+            # Names globals: the default policy's verdict on these names in this protocol
+            # (which decides Python 2 renaming and dotted names) is remembered.
+            key = (checked[1], (checked[0] >> 2) & 0xFF)
+            direct = _DEFAULT_VERDICTS.get(key)
+            if direct is None:
+                direct = checked[1] is not None and _load_plainly(
+                    _DEFAULT_POLICY, checked[1], key[1], True)
+                if len(_DEFAULT_VERDICTS) < 1024:
+                    _DEFAULT_VERDICTS[key] = direct
+        else:
+            direct = False
+        if direct:
             try:
                 return _pickle_loads(data)
             except MasonError:

@@ -28,6 +28,7 @@ import types
 from typing import Any
 
 from . import _numpy_checks as npc
+from . import _postload_checks as plc
 from . import _torch_checks as tc
 from .policy import SAFE_DATA_NAMES, Policy
 from ._safe_constructors import SAFE_SUBSTITUTES
@@ -358,12 +359,14 @@ def _torch() -> Policy:
 
 def _pandas() -> Policy:
     rule = PublicNameRule("pandas", PANDAS_PUBLIC)
-    return _numpy() | Policy(PANDAS_NAMES + tuple(rule.names()), rules=(rule,))
+    return _numpy() | Policy(PANDAS_NAMES + tuple(rule.names()), rules=(rule,),
+                             prechecks=(plc.pandas_precheck,))
 
 
 def _sklearn() -> Policy:
     rule = PublicNameRule("sklearn", SKLEARN_PUBLIC)
-    return _numpy() | Policy(SKLEARN_NAMES + tuple(rule.names()), rules=(rule,))
+    return _numpy() | Policy(SKLEARN_NAMES + tuple(rule.names()), rules=(rule,),
+                             prechecks=(plc.sklearn_precheck,))
 
 
 _BUILDERS = {"numpy": _numpy, "pandas": _pandas, "sklearn": _sklearn, "torch": _torch}

@@ -247,3 +247,45 @@ def test_torch_load_from_bytes_reads_only_a_storage(marker, tmp_path):
     with pytest.raises(UnsafeGlobalError, match="not a storage"):
         mason.loads(whole(call(g("torch.storage", "_load_from_bytes"), b(plain.getvalue()))),
                     preset="torch")
+
+
+def _forged_frame():
+    import pandas as pd
+    from pandas._libs.internals import BlockPlacement
+
+    frame = pd.DataFrame({"a": [1, 2], "b": [3, 4], "c": [5, 6]})
+    frame._mgr.blocks[0]._mgr_locs = BlockPlacement(np.array([0, 1, 1 << 40], dtype=np.intp))
+    return pickle.dumps({"frame": frame})
+
+
+def test_pandas_block_placed_outside_the_frame_is_refused(tmp_path):
+    data = _forged_frame()
+    with pytest.raises(UnsafeGlobalError, match="block is placed"):
+        mason.loads(data, preset="pandas")
+    # pandas itself loads it, and writes outside an array on the first column lookup
+    control = stdlib_loads_in_subprocess(data, tmp_path, then="print(obj['frame']['a'])")
+    assert control.returncode != 0
+
+
+def test_pandas_categorical_codes_outside_the_categories_are_refused():
+    import pandas as pd
+
+    series = pd.Series(pd.Categorical(["x", "y", "x"]))
+    series.array._ndarray[1] = 100   # the codes, in place
+    with pytest.raises(UnsafeGlobalError, match="Categorical"):
+        mason.loads(pickle.dumps(series), preset="pandas")
+
+
+def test_sklearn_tree_with_children_outside_it_is_refused():
+    from sklearn.tree import DecisionTreeClassifier
+
+    X = np.random.RandomState(0).rand(40, 3)
+    model = DecisionTreeClassifier(random_state=0).fit(X, (X[:, 0] > 0.5).astype(int))
+    data = pickle.dumps(model)
+    assert mason.loads(data, preset="sklearn").tree_.node_count == model.tree_.node_count
+    state = model.tree_.__getstate__()
+    nodes = state["nodes"].copy()
+    nodes["left_child"][0] = 10 ** 9
+    model.tree_.__setstate__({**state, "nodes": nodes})
+    with pytest.raises(UnsafeGlobalError, match="Tree has children"):
+        mason.loads(pickle.dumps(model), preset="sklearn")

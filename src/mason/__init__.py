@@ -6,8 +6,11 @@ safe by default: ``loads`` / ``load`` call nothing that the active ``Policy`` do
 
 from pickle import PickleBuffer
 
+from .byvalue import register_by_value, registered_by_value, unregister_by_value
+from .dumperrors import Unpicklable, check
 from .errors import (LimitError, MalformedPickleError, MasonError, PickleError, PicklingError,
-                     TruncatedPickleError, UnpicklingError, UnsafeGlobalError)
+                     SignatureError, TruncatedPickleError, UnpicklingError, UnsafeCodeError,
+                     UnsafeGlobalError)
 from .limits import Limits
 from .pickler import DEFAULT_PROTOCOL, HIGHEST_PROTOCOL, Pickler, dump, dumps
 from .policy import Policy
@@ -36,8 +39,9 @@ __all__ = [
     "MalformedPickleError", "MasonError", "NetworkFilesystemError", "PickleBuffer",
     "PickleError", "Pickler", "PicklingError", "Policy", "ScanReport", "Store",
     "StoreBusyError", "StoreError", "TransactionLostError", "TruncatedPickleError",
-    "Unpickler", "UnpicklingError", "UnsafeGlobalError", "Verdict", "dis", "dump", "dumps",
-    "load", "loads", "scan", "show",
+    "Unpicklable", "Unpickler", "UnpicklingError", "UnsafeCodeError", "UnsafeGlobalError",
+    "Verdict", "check", "dis", "dump", "dumps", "load", "loads", "register_by_value",
+    "registered_by_value", "scan", "show", "SignatureError", "unregister_by_value",
 ]
 
 __version__ = "0.1.0"

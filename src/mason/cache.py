@@ -335,12 +335,9 @@ def _write_entry(fd: int, mac_base, key: str, value, meta: dict) -> int:
         places.append((pos, buf.nbytes))
         body_parts.append(buf)
         pos += buf.nbytes
-    digest = _sha256()
-    for part in body_parts:
-        digest.update(part)
     header = dict(meta)
     header.update(v=1, key=key, pickle=len(data), buffers=tuple(places), body=pos,
-                  sha256=digest.digest())
+                  sha256=_body_digest(body_parts, pos))
     head = _pickle_plain(header)
     lead = _MAGIC + len(head).to_bytes(4, "little")
     mac = mac_base.copy()
@@ -355,6 +352,60 @@ def _write_entry(fd: int, mac_base, key: str, value, meta: dict) -> int:
 
 def _pickle_plain(obj) -> bytes:
     return _pickle.dumps(obj, 5)
+
+
+# The body's digest: SHA-256 over 4 MiB leaves, then over the leaves' digests, so that large
+# bodies are hashed on several cores at once (hashlib releases the GIL).  SHA-256 because it
+# is the fastest cryptographic hash of the standard library where CPUs have SHA extensions.
+_LEAF = 4 << 20
+_PARALLEL_MIN = 8 << 20
+_POOL: tuple[int, Any] | None = None
+
+
+def _leaves(parts: list) -> list[list[memoryview]]:
+    """The concatenation of ``parts``, cut into leaves of ``_LEAF`` bytes (the last shorter)."""
+    leaves: list[list[memoryview]] = []
+    current: list[memoryview] = []
+    room = _LEAF
+    for part in parts:
+        view = memoryview(part).cast("B")
+        while view.nbytes:
+            piece = view[:room]
+            current.append(piece)
+            view = view[piece.nbytes:]
+            room -= piece.nbytes
+            if not room:
+                leaves.append(current)
+                current, room = [], _LEAF
+    if current or not leaves:
+        leaves.append(current)
+    return leaves
+
+
+def _leaf_digest(pieces: list) -> bytes:
+    digest = _sha256()
+    for piece in pieces:
+        digest.update(piece)
+    return digest.digest()
+
+
+def _pool():
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid():   # a forked child has none of the threads
+        from concurrent.futures import ThreadPoolExecutor
+        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1),
+                                                 thread_name_prefix="mason-cache-hash"))
+    return _POOL[1]
+
+
+def _body_digest(parts: list, size: int) -> bytes:
+    leaves = _leaves(parts)
+    if size >= _PARALLEL_MIN and (os.cpu_count() or 1) > 1:
+        digests = list(_pool().map(_leaf_digest, leaves))
+    else:
+        digests = [_leaf_digest(leaf) for leaf in leaves]
+    return _sha256(b"mason cache body\0" + size.to_bytes(8, "little")
+                   + b"".join(digests)).digest()
 
 
 def _write_all(fd: int, parts: list) -> None:
@@ -412,7 +463,7 @@ def _read_entry(fd: int, mac_base, key: str, use_mmap: bool, header_only: bool =
         body = view[body_start:end]
     else:
         body = _body(fd, body_start, end, use_mmap, view[:got])
-    if not hmac.compare_digest(_sha256(body).digest(), header["sha256"]):
+    if not hmac.compare_digest(_body_digest([body], body.nbytes), header["sha256"]):
         raise _Invalid("its contents do not match its signed digest (altered or torn)")
     return header, body, body_start
 
@@ -853,30 +904,38 @@ class Memory:
             return _MISS
         if header_only:
             return header
+        fd = None
         try:
             if small:
                 body = known.body
                 value = _unpack(header, memoryview(body)[:header["pickle"]], body, True)
             else:
-                body = _body(known.fd, known.start, known.start + header["body"], self.mmap)
+                # A descriptor of our own: another thread may close the remembered one (and
+                # its number be reused for another file) while this one maps it.
+                with self._lock:
+                    if known.fd is None:
+                        return _AGAIN
+                    fd = os.dup(known.fd)
+                body = _body(fd, known.start, known.start + header["body"], self.mmap)
                 value = _unpack(header, known.pickle, body, False)
+            now = time.time()
+            if now - self._touched.get(path, 0.0) >= _TOUCH_EVERY:
+                self._touch(fd, path, now)
+            return value
         except _Invalid as exc:
             self._forget(path)
             self._warn(path, exc)
             return _MISS
-        now = time.time()
-        if now - self._touched.get(path, 0.0) >= _TOUCH_EVERY:
-            self._touch(known.fd, path, now)
-        return value
+        finally:
+            if fd is not None:
+                os.close(fd)
 
     def _expired(self, header: dict) -> bool:
         return self.max_age is not None and time.time() - header["created"] > self.max_age
 
     def _remember(self, path: str, verified: _Verified) -> None:
         with self._lock:
-            old = self._recent.pop(path, None)
-            if old is not None:
-                old.close()
+            self._drop(path)
             if verified.fd is not None:
                 self._open_bytes += verified.size
                 self._open_paths.append(path)
@@ -1053,7 +1112,7 @@ class Memory:
         """What the cache holds: ``{"location", "entries", "size", "functions": {name:
         {"entries", "size", "last_used"}}, "max_size", "max_age", "track_code", "key"}``
         (sizes in bytes, ``last_used`` a Unix time; ``key`` says where the key comes
-        from)."""
+        from: ``"key="``, ``"MASON_CACHE_KEY"`` or the key file's path)."""
         entries, _ = self._entries()
         functions: dict[str, dict] = {}
         for path, size, mtime in entries:
@@ -1062,15 +1121,16 @@ class Memory:
             record["entries"] += 1
             record["size"] += size
             record["last_used"] = max(record["last_used"], mtime)
-        if self._key_source is None and self._given_key is None:
-            try:
-                self._mac()
-            except (CacheKeyError, OSError):
-                pass
+        if self._given_key is not None:
+            key = "key="
+        elif os.environ.get("MASON_CACHE_KEY"):
+            key = "MASON_CACHE_KEY"
+        else:
+            key = key_file_path()
         return {"location": self.location, "entries": len(entries),
                 "size": sum(size for _, size, _ in entries), "functions": functions,
                 "max_size": self.max_size, "max_age": self.max_age,
-                "track_code": self.track_code, "key": self._key_source}
+                "track_code": self.track_code, "key": key}
 
 
 def _close_all(recent: dict) -> None:

@@ -392,3 +392,25 @@ def test_no_warning_on_ordinary_hits(memory):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert f(1) == [1]
+
+
+def test_entries_held_open_are_bounded(memory):
+    @memory.cache
+    def ramp(k):
+        return np.arange(140_000, dtype=np.float64) + k   # 1.1 MB: memory-mapped
+
+    def held() -> int:
+        count = 0
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                count += os.readlink(f"/proc/self/fd/{name}").startswith(memory.location)
+            except OSError:
+                pass
+        return count
+
+    for round_ in range(3):
+        for k in range(40):
+            value = ramp(k)
+            assert value[0] == k and value[-1] == 139_999 + k
+    del value   # a live memory-mapped array holds a descriptor of its own
+    assert 0 < held() <= mcache._MAX_OPEN

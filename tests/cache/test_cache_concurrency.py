@@ -247,3 +247,42 @@ def test_writers_killed_at_random_moments(location):
                           env=python_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout) == len(entries)
+
+
+def test_threads_loading_while_another_clears(location):
+    import threading
+
+    import numpy as np
+
+    memory = Memory(location, key=b"k" * 32)
+
+    def ramp(n):
+        return np.arange(n, dtype=np.float64)
+
+    f = memory.cache(ramp)
+    sizes = [10, 200_000, 300_000, 50]   # small entries kept in memory, large ones held open
+    errors: list[str] = []
+    stop = time.monotonic() + 4
+
+    def reader(seed: int) -> None:
+        rng = random.Random(seed)
+        while time.monotonic() < stop:
+            n = rng.choice(sizes)
+            value = f(n)
+            if value.shape != (n,) or value[-1] != n - 1:
+                errors.append(f"wrong value for {n}")
+
+    def clearer() -> None:
+        while time.monotonic() < stop:
+            memory.clear()
+            time.sleep(0.01)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        threads = [threading.Thread(target=reader, args=(i,)) for i in range(4)]
+        threads.append(threading.Thread(target=clearer))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []

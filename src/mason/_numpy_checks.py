@@ -147,6 +147,22 @@ def check_dtypes(data, find_class) -> None:
     """
     from .format.machine import Build, Call, Global, Node, simulate
 
+    # Most streams name no dtype at all (mason's own arrays carry a .npy description): the
+    # compiled pass that lists a stream's globals says so without running the machine.
+    try:
+        from .unpickler import _global_names
+        names = _global_names(data)
+    except Exception:
+        names = None
+    if names is not None:
+        for module, name in names:
+            try:
+                if find_class(module, name) is dtype:
+                    break
+            except Exception:
+                continue
+        else:
+            return
     run = simulate(data)
     # Which globals are numpy.dtype, as the loader resolves them (refused ones are not:
     # the engine refuses them when it gets there).

@@ -45,7 +45,7 @@ import sys
 import tempfile
 import warnings
 from functools import partial
-from typing import Any, Callable
+from typing import Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:

@@ -25,16 +25,17 @@ On a hit, the stored result is loaded and returned; on a miss, the function runs
 result is stored.  Results of another code version stay on disk until evicted; they are never
 returned for the new code.
 
-Safety: entries are authenticated, and loaded only if they verify
------------------------------------------------------------------
+Safety: entries are signed, and loaded only if they verify
+----------------------------------------------------------
 A cache directory is a place where anyone who can write files could plant a pickle, and a
 pickle runs code when loaded.  Safe-policy loading would refuse the classes that cached
-results are made of, so mason authenticates instead: every entry carries an HMAC-SHA256 of its
-header, made with a per-user secret key, and the header holds the SHA-256 of the body (the
-pickle and its buffers) and the entry's own key.  A load checks the MAC, then the body's
-digest, then the key, and only then unpickles (trusted: the bytes are known to be the user's
-own).  An entry that fails any check is never unpickled: it is a miss (the function runs, and
-its result replaces the entry) and a ``CacheWarning`` says so.
+results are made of, so mason authenticates instead: every entry is a mason container
+(``mason.files``) signed with a per-user secret key, that is, an HMAC-SHA256 of its table,
+which holds the SHA-256 of the pickle and of every buffer.  A load checks the signature, then
+every part's digest, and only then unpickles (trusted: the bytes are known to be the user's
+own); the entry must then name the call that asked for it (an entry copied from another
+call's place is refused).  An entry that fails any check is a miss: the function runs, its
+result replaces the entry, and a ``CacheWarning`` says so.
 
 The key comes from, in order: ``Memory(key=...)``; the ``MASON_CACHE_KEY`` environment
 variable (at least 16 bytes); the file ``$XDG_CONFIG_HOME/mason/cache.key`` (by default
@@ -52,7 +53,12 @@ none, never half of one.  Several processes that miss the same call at once all 
 and the last rename wins; every version is complete and verified.  A process killed while
 writing leaves only its temporary file (ignored, and removed by ``clear`` and eviction once
 an hour old).  Entries are not fsynced: after a power loss an entry may be empty or torn,
-which its digest detects, so it is recomputed rather than loaded wrong.
+which its digests detect, so it is recomputed rather than loaded wrong.
+
+A process verifies an entry once, when it first loads it, and remembers it: a small entry
+as its value pickled again, in memory; a large one by keeping the file open (see
+``_Verified``).  Loading it again checks that the path still names that file, and skips the
+verification: repeated hits cost a ``stat`` and an unpickle.
 
 Size and age
 ------------
@@ -63,12 +69,12 @@ modification time, which a hit refreshes (at most once a second per entry).
 
 Values
 ------
-Results are pickled by mason (protocol 5, so functions and classes from ``__main__`` work),
-with buffers of 16 KiB and more (numpy arrays...) out of band, written 64-byte aligned after
-the pickle in the same file.  Entries of 1 MiB and more are memory-mapped when loaded
-(copy-on-write: the arrays are writable, and writing to them never changes the file), so a
-large array is not copied.  ``_write_entry`` and ``_read_entry`` are the two places that
-know the layout.
+Results are written by ``mason.files`` (protocol 5, so functions and classes from
+``__main__`` work, with every large buffer, numpy arrays first, out of band and 64-byte
+aligned in the same file).  Entries of 1 MiB and more are memory-mapped when loaded
+(``mmap=True``, the default): their arrays are read-only views of the file, not copies;
+``Memory(mmap=False)`` reads them into writable memory instead.  ``_write_entry`` and
+``_read_entry`` are the two places that know what an entry file is.
 """
 
 from __future__ import annotations
@@ -77,10 +83,8 @@ import _pickle
 import datetime
 import functools
 import hashlib
-import hmac
 import inspect
 import io
-import mmap as _mmap
 import os
 import re
 import secrets
@@ -93,8 +97,8 @@ import warnings
 import weakref
 from typing import Any, Callable, Iterable
 
-from . import hashing
-from .errors import MasonError
+from . import files, hashing
+from .errors import MasonError, SignatureError
 from .pickler import Pickler
 
 __all__ = ["Memory", "CachedFunction", "cache", "CacheWarning", "CacheKeyError",
@@ -103,15 +107,12 @@ __all__ = ["Memory", "CachedFunction", "cache", "CacheWarning", "CacheKeyError",
 # --------------------------------------------------------------------------------------------
 # Constants of the format
 
-_MAGIC = b"MASONCE\x01"          # "mason cache entry", format 1
-_CONTEXT = b"mason cache entry\0"  # domain separation of the header MAC
-_PREFIX = 8 + 4 + 32             # magic, header length, MAC
-_ALIGN = 64
+_ENTRY_VERSION = 1
 _OOB_MIN = 16 * 1024             # buffers at least this large go out of band
 _MMAP_MIN = 1 << 20              # entries at least this large are memory-mapped
-_FIRST_READ = 16 * 1024          # small entries are read whole in one call
-_SUFFIX = ".mce"
-_TMP_PREFIX = ".tmp-"
+_SMALL = 64 * 1024               # entries up to this size are remembered in memory
+_SUFFIX = ".mason"
+_TMP = ((".mason-", ".tmp"),)    # how mason.files names a file it is writing
 _STALE_TMP = 3600.0              # a temporary file this old belongs to a dead writer
 _TOUCH_EVERY = 1.0               # a hit refreshes the entry's mtime at most this often
 _RESCAN_EVERY = 60.0             # the size estimate is redone from disk at least this often
@@ -286,21 +287,61 @@ def _parse_age(age) -> float | None:
 
 
 # --------------------------------------------------------------------------------------------
-# Values in and out of an entry: the one place that knows the layout.
+# Values in and out of an entry: the one place that knows what an entry file is.
 #
-#   [0:8]    magic
-#   [8:12]   header length H (little-endian)
-#   [12:44]  HMAC-SHA256(key, context + magic + length + header)
-#   [44:44+H] header: a pickle of a dict of plain values (loaded only after the MAC checks)
-#   body, from a 64-byte boundary: the value's pickle, then each out-of-band buffer on a
-#            64-byte boundary.  The header gives their places and the SHA-256 of the body.
-#
-# When mason's file container (mason.files) lands, the body becomes a container and these two
-# functions call it; the header and its MAC stay as they are.
+# An entry is a mason container (mason.files): the pickle of ``(meta, value)`` with the
+# value's large buffers beside it, 64-byte aligned, signed with the cache key (an HMAC-SHA256
+# of the container's table, which holds the SHA-256 of the pickle and of every buffer).
+# ``meta`` says which call the entry answers (``key``) and when it was made (``created``).
 
-def _pack_value(value) -> tuple[bytes, list[memoryview]]:
-    """The protocol 5 pickle of ``value`` and its large out-of-band buffers."""
-    buffers: list[memoryview] = []
+def _write_entry(path: str, secret: bytes, value, meta: dict) -> None:
+    """Write the entry at ``path`` atomically (the container is written beside it and
+    renamed into place).  Raises what pickling raises."""
+    files.dump((meta, value), path, key=secret)
+
+
+def _read_entry(fd: int, size: int, secret: bytes, key: str, use_mmap: bool):
+    """``(meta, value)`` of the open entry ``fd``, verified: the container's signature and
+    every part's digest are checked before anything is unpickled, and the meta must name the
+    call asked for.  Raises ``_Invalid`` otherwise."""
+    try:
+        loaded = files.load_container(fd, size, mmap=use_mmap and size >= _MMAP_MIN,
+                                      verify=True, key=secret, options={})
+    except SignatureError as exc:
+        raise _Invalid(f"its signature does not verify with this user's cache key (it was "
+                       f"written by someone else, or altered): {exc}") from None
+    except (MasonError, OSError, ValueError, KeyError, TypeError, EOFError) as exc:
+        raise _Invalid(f"it is damaged, or not a mason cache entry ({type(exc).__name__}: "
+                       f"{exc})") from None
+    except Exception as exc:  # noqa: BLE001 - verified, but it no longer loads here
+        raise _Invalid(f"it no longer loads ({type(exc).__name__}: {exc})") from None
+    return _checked(loaded, key)
+
+
+def _reload_entry(fd: int, size: int, key: str, use_mmap: bool):
+    """``(meta, value)`` of an entry this process verified before and kept open (see
+    ``_Verified``): loaded again without checking it again."""
+    try:
+        loaded = files.load_container(fd, size, mmap=use_mmap and size >= _MMAP_MIN,
+                                      verify=False, key=None, options={"trusted": True})
+    except Exception as exc:  # noqa: BLE001
+        raise _Invalid(f"it no longer loads ({type(exc).__name__}: {exc})") from None
+    return _checked(loaded, key)
+
+
+def _checked(loaded, key: str):
+    if not (type(loaded) is tuple and len(loaded) == 2 and type(loaded[0]) is dict
+            and loaded[0].get("v") == _ENTRY_VERSION):
+        raise _Invalid("it is not a mason cache entry of this version")
+    if loaded[0].get("key") != key:
+        raise _Invalid("it holds the entry of another call (it was moved or copied here)")
+    return loaded
+
+
+def _pack_value(value) -> tuple[bytes, list[bytes]]:
+    """The protocol 5 pickle of ``value`` and its out-of-band buffers, as bytes: what a small
+    verified entry is remembered as."""
+    buffers: list[bytes] = []
 
     def take(buf):
         try:
@@ -309,7 +350,7 @@ def _pack_value(value) -> tuple[bytes, list[memoryview]]:
             return True
         if view.nbytes < _OOB_MIN:
             return True
-        buffers.append(view)
+        buffers.append(bytes(view))
         return False
 
     file = io.BytesIO()
@@ -317,213 +358,33 @@ def _pack_value(value) -> tuple[bytes, list[memoryview]]:
     return file.getvalue(), buffers
 
 
-def _pad(n: int) -> int:
-    return -n % _ALIGN
-
-
-def _write_entry(fd: int, mac_base, key: str, value, meta: dict) -> int:
-    """Write one entry to ``fd``; return its size.  Raises what pickling raises."""
-    data, buffers = _pack_value(value)
-    body_parts = [data]
-    places = []
-    pos = len(data)
-    for buf in buffers:
-        pad = _pad(pos)
-        if pad:
-            body_parts.append(bytes(pad))
-            pos += pad
-        places.append((pos, buf.nbytes))
-        body_parts.append(buf)
-        pos += buf.nbytes
-    header = dict(meta)
-    header.update(v=1, key=key, pickle=len(data), buffers=tuple(places), body=pos,
-                  sha256=_body_digest(body_parts, pos))
-    head = _pickle_plain(header)
-    lead = _MAGIC + len(head).to_bytes(4, "little")
-    mac = mac_base.copy()
-    mac.update(lead)
-    mac.update(head)
-    start = _PREFIX + len(head)
-    parts = [lead, mac.digest(), head, bytes(_pad(start))] + body_parts
-    total = start + _pad(start) + pos
-    _write_all(fd, parts)
-    return total
-
-
-def _pickle_plain(obj) -> bytes:
-    return _pickle.dumps(obj, 5)
-
-
-# The body's digest: SHA-256 over 4 MiB leaves, then over the leaves' digests, so that large
-# bodies are hashed on several cores at once (hashlib releases the GIL).  SHA-256 because it
-# is the fastest cryptographic hash of the standard library where CPUs have SHA extensions.
-_LEAF = 4 << 20
-_PARALLEL_MIN = 8 << 20
-_POOL: tuple[int, Any] | None = None
-
-
-def _leaves(parts: list) -> list[list[memoryview]]:
-    """The concatenation of ``parts``, cut into leaves of ``_LEAF`` bytes (the last shorter)."""
-    leaves: list[list[memoryview]] = []
-    current: list[memoryview] = []
-    room = _LEAF
-    for part in parts:
-        view = memoryview(part).cast("B")
-        while view.nbytes:
-            piece = view[:room]
-            current.append(piece)
-            view = view[piece.nbytes:]
-            room -= piece.nbytes
-            if not room:
-                leaves.append(current)
-                current, room = [], _LEAF
-    if current or not leaves:
-        leaves.append(current)
-    return leaves
-
-
-def _leaf_digest(pieces: list) -> bytes:
-    digest = _sha256()
-    for piece in pieces:
-        digest.update(piece)
-    return digest.digest()
-
-
-def _pool():
-    global _POOL
-    if _POOL is None or _POOL[0] != os.getpid():   # a forked child has none of the threads
-        from concurrent.futures import ThreadPoolExecutor
-        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1),
-                                                 thread_name_prefix="mason-cache-hash"))
-    return _POOL[1]
-
-
-def _body_digest(parts: list, size: int) -> bytes:
-    leaves = _leaves(parts)
-    if size >= _PARALLEL_MIN and (os.cpu_count() or 1) > 1:
-        digests = list(_pool().map(_leaf_digest, leaves))
-    else:
-        digests = [_leaf_digest(leaf) for leaf in leaves]
-    return _sha256(b"mason cache body\0" + size.to_bytes(8, "little")
-                   + b"".join(digests)).digest()
-
-
-def _write_all(fd: int, parts: list) -> None:
-    views = [memoryview(p).cast("B") for p in parts if len(p)]
-    while views:
-        written = os.writev(fd, views[:1024]) if hasattr(os, "writev") else \
-            os.write(fd, views[0])
-        while written:
-            if written >= len(views[0]):
-                written -= len(views[0])
-                views.pop(0)
-            else:
-                views[0] = views[0][written:]
-                written = 0
-
-
 class _Invalid(Exception):
-    """An entry that must not be loaded: altered, foreign, truncated, or for another key."""
-
-
-def _read_entry(fd: int, mac_base, key: str, use_mmap: bool, header_only: bool = False):
-    """Verify the open entry ``fd``; return ``(header, body, offset)``.  ``body`` is a
-    memoryview of the value's pickle and buffers (``None`` with ``header_only``), which start
-    at ``offset`` in the file.  Raises ``_Invalid`` when the entry does not verify: nothing
-    of its pickle has run then."""
-    buf = bytearray(_FIRST_READ)
-    got = os.readv(fd, [buf])
-    if got < _PREFIX or buf[:8] != _MAGIC:
-        raise _Invalid("it is not a mason cache entry (or is truncated)")
-    size = int.from_bytes(buf[8:12], "little")
-    start = _PREFIX + size
-    if start > got:
-        if got < len(buf) or size > 1 << 24:
-            raise _Invalid("its header is truncated")
-        more = bytearray(start - got)
-        if os.preadv(fd, [more], got) != len(more):
-            raise _Invalid("its header is truncated")
-        buf[got:] = more
-        got = start
-    view = memoryview(buf)
-    mac = mac_base.copy()
-    mac.update(view[:12])
-    mac.update(view[_PREFIX:start])
-    if not hmac.compare_digest(mac.digest(), view[12:_PREFIX]):
-        raise _Invalid("its signature does not match this user's cache key (it was written "
-                       "by someone else, or altered)")
-    header = _pickle.loads(view[_PREFIX:start])   # verified: our own dict of plain values
-    if header.get("v") != 1 or header.get("key") != key:
-        raise _Invalid("it holds the entry of another call (it was moved or copied here)")
-    body_start = start + _pad(start)
-    if header_only:
-        return header, None, body_start
-    end = body_start + header["body"]
-    if end <= got:
-        body = view[body_start:end]
-    else:
-        body = _body(fd, body_start, end, use_mmap, view[:got])
-    if not hmac.compare_digest(_body_digest([body], body.nbytes), header["sha256"]):
-        raise _Invalid("its contents do not match its signed digest (altered or torn)")
-    return header, body, body_start
-
-
-def _body(fd: int, start: int, end: int, use_mmap: bool, head=b""):
-    """The body of an entry, ``[start:end]`` of the file: memory-mapped copy-on-write (large
-    entries), else read into memory of its own.  ``head``: the first bytes, already read."""
-    if use_mmap and end >= _MMAP_MIN:
-        try:
-            mapped = _mmap.mmap(fd, end, access=_mmap.ACCESS_COPY)
-        except (ValueError, OSError):
-            raise _Invalid("it is shorter than its header says (truncated)") from None
-        return memoryview(mapped)[start:end]
-    whole = bytearray(end)
-    got = len(head)
-    whole[:got] = head
-    if os.preadv(fd, [memoryview(whole)[got:]], got) != end - got:
-        raise _Invalid("it is shorter than its header says (truncated)")
-    return memoryview(whole)[start:end]
-
-
-def _unpack(header: dict, pickled, body, copy_buffers: bool):
-    """The value of a verified entry: its pickle, and its buffers in ``body``.
-    ``copy_buffers``: the body is shared (remembered in memory), so each load gets buffers of
-    its own, writable."""
-    if copy_buffers:
-        buffers = [bytearray(body[off:off + length]) for off, length in header["buffers"]]
-    else:
-        buffers = [body[off:off + length] for off, length in header["buffers"]]
-    try:
-        # Verified as this user's own bytes: a trusted load, which is the C engine's own
-        # (mason.loads(trusted=True) adds only a resource check that our own pickles pass).
-        return _pickle.loads(pickled, buffers=buffers)
-    except Exception as exc:  # noqa: BLE001 - verified, but it no longer loads here
-        raise _Invalid(f"it no longer loads ({type(exc).__name__}: {exc})") from None
+    """An entry that must not be loaded: altered, foreign, truncated, or for another call."""
 
 
 class _Verified:
     """An entry this process has verified, remembered so that loading it again costs no
     second verification.  Two kinds:
 
-    * small entries (``body`` set): the verified bytes themselves, kept in memory, valid while
-      the file's inode, size, mtime and ctime are unchanged.  Reloading uses only these bytes,
-      so even a file changed in a way the check missed could not be loaded unverified;
-    * large entries (``fd`` set): the verified pickle in memory, and the file kept open.  An
-      open file's inode cannot be reused, so while ``stat(path)`` gives that device and inode
-      the path still names the very file that was verified; entries are written 0644 and
-      never in place, so its bytes are those that were checked (and its mtime and ctime say
-      so).  The buffers are mapped from the open file again for each load.
+    * small entries (``pickle`` set): the value, pickled again from what was verified and
+      kept in memory, valid while the file's inode, size, mtime and ctime are unchanged.
+      Reloading uses only these bytes, so even a file changed in a way this check missed
+      could not be loaded unverified;
+    * large entries (``fd`` set): the file kept open.  An open file's inode cannot be
+      reused, so while ``stat(path)`` gives that device and inode, the path still names the
+      very file that was verified; entries are written 0644 and never in place, so its bytes
+      are those that were checked (and its mtime and ctime say so).  Each load reads or maps
+      it again, without checking it again.
     """
 
-    __slots__ = ("sig", "header", "pickle", "body", "fd", "start", "size")
+    __slots__ = ("sig", "meta", "pickle", "buffers", "fd", "size")
 
-    def __init__(self, sig, header, pickle, body=None, fd=None, start=0, size=0):
+    def __init__(self, sig, meta, pickle=None, buffers=(), fd=None, size=0):
         self.sig = sig
-        self.header = header
+        self.meta = meta
         self.pickle = pickle
-        self.body = body
+        self.buffers = buffers
         self.fd = fd
-        self.start = start
         self.size = size
 
     def close(self) -> None:
@@ -741,7 +602,8 @@ class Memory:
     the function's name and arguments only.
     ``max_size``: bytes (int) or text ("500 MB", "2 GiB"); least recently used entries go
     first.  ``max_age``: seconds or a ``timedelta``.
-    ``mmap``: load entries of 1 MiB and more by memory-mapping them (default true).
+    ``mmap``: load entries of 1 MiB and more by memory-mapping them (default true): their
+    arrays are read-only views of the file; false reads them into writable memory.
     ``key``: the secret that authenticates entries (bytes or str, 16 bytes or more); by
     default the per-user key (see the module's documentation).
     """
@@ -756,7 +618,7 @@ class Memory:
         self.max_age = _parse_age(max_age)
         self.mmap = bool(mmap)
         self._given_key = None if key is None else _key_bytes(key, "key=")
-        self._mac_base = None
+        self._key = None
         self._key_source = "key=" if key is not None else None
         self._lock = threading.Lock()
         self._size_estimate: int | None = None
@@ -808,19 +670,19 @@ class Memory:
 
     # -- the key and the files --------------------------------------------------------------
 
-    def _mac(self):
-        base = self._mac_base
-        if base is None:
+    def _secret(self) -> bytes:
+        secret = self._key
+        if secret is None:
             with self._lock:
-                if self._mac_base is None:
+                if self._key is None:
                     if self._given_key is not None:
                         secret = self._given_key
                     else:
                         secret, self._key_source = _user_key()
                     self._check_key_outside()
-                    self._mac_base = hmac.new(secret, _CONTEXT, _sha256)
-                base = self._mac_base
-        return base
+                    self._key = secret
+                secret = self._key
+        return secret
 
     def _check_key_outside(self) -> None:
         if self._key_source in (None, "key=", "MASON_CACHE_KEY"):
@@ -849,38 +711,36 @@ class Memory:
                 pass
         self._ready = True
 
-    def _load(self, path: str, key: str, header_only: bool = False):
-        """The value of the entry at ``path`` (or its header), or ``_MISS``."""
+    def _load(self, path: str, key: str):
+        """``(meta, value)`` of the entry at ``path``, or ``_MISS``."""
         known = self._recent.get(path)
         if known is not None:
-            value = self._load_known(path, known, header_only)
-            if value is not _AGAIN:
-                return value
+            loaded = self._load_known(path, known, key)
+            if loaded is not _AGAIN:
+                return loaded
         try:
             fd = os.open(path, _open_flags)
         except (FileNotFoundError, NotADirectoryError):
             return _MISS
         try:
             st = os.fstat(fd)
-            header, body, start = _read_entry(fd, self._mac(), key, self.mmap, header_only)
-            if self._expired(header):
-                return _MISS
-            if header_only:
-                return header
-            n = header["pickle"]
-            if body.nbytes <= _FIRST_READ and not isinstance(body.obj, _mmap.mmap):
-                body = bytes(body)
-                self._remember(path, _Verified(_small_sig(st), header, None, body=body))
-                value = _unpack(header, memoryview(body)[:n], body, True)
+            meta, value = _read_entry(fd, st.st_size, self._secret(), key, self.mmap)
+            if st.st_size <= _SMALL:
+                try:
+                    data, buffers = _pack_value(value)
+                except Exception:  # noqa: BLE001 - not remembered, still returned
+                    pass
+                else:
+                    self._remember(path, _Verified(_small_sig(st), meta, data, buffers))
             else:
-                self._remember(path, _Verified(_large_sig(st), header, bytes(body[:n]),
-                                               fd=os.dup(fd), start=start,
+                self._remember(path, _Verified(_large_sig(st), meta, fd=os.dup(fd),
                                                size=st.st_size))
-                value = _unpack(header, body[:n], body, False)
+            if self._expired(meta):
+                return _MISS
             now = time.time()
             if now - self._touched.get(path, 0.0) >= _TOUCH_EVERY:
                 self._touch(fd, path, now)
-            return value
+            return meta, value
         except _Invalid as exc:
             self._forget(path)
             self._warn(path, exc)
@@ -888,40 +748,42 @@ class Memory:
         finally:
             os.close(fd)
 
-    def _load_known(self, path: str, known: _Verified, header_only: bool):
+    def _load_known(self, path: str, known: _Verified, key: str):
         """Load an entry verified before, if the file is still that one; ``_AGAIN`` if not."""
         try:
             st = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
             self._forget(path)
             return _MISS
-        small = known.body is not None
-        if (_small_sig(st) if small else _large_sig(st)) != known.sig:
+        small = known.fd is None
+        if (_small_sig(st) if small else _large_sig(st)) != known.sig or \
+                known.meta.get("key") != key:
             self._forget(path)
             return _AGAIN
-        header = known.header
-        if self._expired(header):
+        meta = known.meta
+        if self._expired(meta):
             return _MISS
-        if header_only:
-            return header
         fd = None
         try:
             if small:
-                body = known.body
-                value = _unpack(header, memoryview(body)[:header["pickle"]], body, True)
+                try:
+                    value = _pickle.loads(known.pickle,
+                                          buffers=[bytearray(b) for b in known.buffers])
+                except Exception as exc:  # noqa: BLE001
+                    raise _Invalid(f"it no longer loads ({type(exc).__name__}: {exc})") \
+                        from None
             else:
                 # A descriptor of our own: another thread may close the remembered one (and
-                # its number be reused for another file) while this one maps it.
+                # its number be reused for another file) while this one reads it.
                 with self._lock:
                     if known.fd is None:
                         return _AGAIN
                     fd = os.dup(known.fd)
-                body = _body(fd, known.start, known.start + header["body"], self.mmap)
-                value = _unpack(header, known.pickle, body, False)
+                meta, value = _reload_entry(fd, known.size, key, self.mmap)
             now = time.time()
             if now - self._touched.get(path, 0.0) >= _TOUCH_EVERY:
                 self._touch(fd, path, now)
-            return value
+            return meta, value
         except _Invalid as exc:
             self._forget(path)
             self._warn(path, exc)
@@ -930,8 +792,8 @@ class Memory:
             if fd is not None:
                 os.close(fd)
 
-    def _expired(self, header: dict) -> bool:
-        return self.max_age is not None and time.time() - header["created"] > self.max_age
+    def _expired(self, meta: dict) -> bool:
+        return self.max_age is not None and time.time() - meta["created"] > self.max_age
 
     def _remember(self, path: str, verified: _Verified) -> None:
         with self._lock:
@@ -986,41 +848,30 @@ class Memory:
                 known = self._recent.get(path)
                 if known is not None:
                     # Our own touch: what was verified is still the file's content.
-                    known.sig = _small_sig(st) if known.body is not None else _large_sig(st)
+                    known.sig = _small_sig(st) if known.fd is None else _large_sig(st)
         except OSError:
             pass   # a read-only cache still serves hits
 
-    def _store(self, directory: str, path: str, key: str, value, meta: dict) -> None:
+    def _store(self, directory: str, path: str, value, meta: dict) -> None:
         self._prepare()
-        mac_base = self._mac()
-        tmp = os.path.join(directory, f"{_TMP_PREFIX}{key}.{os.getpid()}."
-                                      f"{threading.get_ident()}.{secrets.token_hex(4)}")
+        secret = self._secret()
         for attempt in range(20):
             try:
-                # Never group- or world-writable: nobody else may change an entry in place.
-                fd = os.open(tmp, _create_flags, 0o644)
+                _write_entry(path, secret, value, meta)
                 break
             except FileNotFoundError:
                 # The function's first entry, or a clear() removed the empty directory (it
-                # may do so again between makedirs and open: retry).  Once the temporary
-                # file is in it, the directory cannot be removed, so the rename below finds
-                # it.
+                # may do so again between makedirs and the write: retry).  Once the
+                # temporary file is in it, the directory cannot be removed, so the rename
+                # into place finds it.
                 if attempt == 19:
                     raise
                 os.makedirs(directory, exist_ok=True)
-        try:
-            try:
-                size = _write_entry(fd, mac_base, key, value, meta)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
         if self.max_size is not None:
+            try:
+                size = os.stat(path).st_size
+            except FileNotFoundError:   # evicted or cleared already
+                return
             self._account(size, path)
 
     # -- size -------------------------------------------------------------------------------
@@ -1057,7 +908,7 @@ class Memory:
                     if name.endswith(_SUFFIX):
                         st = item.stat(follow_symlinks=False)
                         entries.append((item.path, st.st_size, st.st_mtime))
-                    elif name.startswith(_TMP_PREFIX):
+                    elif _is_temporary(name):
                         st = item.stat(follow_symlinks=False)
                         if now - st.st_mtime > _STALE_TMP:
                             stale.append(item.path)
@@ -1133,6 +984,10 @@ class Memory:
                 "track_code": self.track_code, "key": key}
 
 
+def _is_temporary(name: str) -> bool:
+    return any(name.startswith(head) and name.endswith(tail) for head, tail in _TMP)
+
+
 def _close_all(recent: dict) -> None:
     for verified in list(recent.values()):
         verified.close()
@@ -1164,7 +1019,7 @@ def _clear_dirs(location: str, only: str | None) -> int:
             if item.name.endswith(_SUFFIX):
                 removed += _unlink(item.path)
                 ours = True
-            elif item.name.startswith(_TMP_PREFIX):
+            elif _is_temporary(item.name):
                 ours = True
                 try:
                     if now - item.stat(follow_symlinks=False).st_mtime > _STALE_TMP:
@@ -1282,15 +1137,15 @@ class CachedFunction:
         directory = self._dir or self.directory
         path = f"{directory}{os.sep}{key}{_SUFFIX}"
         memory = self._memory or self.memory
-        value = memory._load(path, key)
-        if value is not _MISS:
-            return value
+        loaded = memory._load(path, key)
+        if loaded is not _MISS:
+            return loaded[1]
         started = time.perf_counter()
         result = self.func(*args, **kwargs)
-        meta = {"created": time.time(), "function": self._name,
-                "duration": time.perf_counter() - started}
+        meta = {"v": _ENTRY_VERSION, "key": key, "created": time.time(),
+                "function": self._name, "duration": time.perf_counter() - started}
         try:
-            memory._store(directory, path, key, result, meta)
+            memory._store(directory, path, result, meta)
         except CacheKeyError:
             raise   # misconfigured: say so now, not on every call in a warning
         except (OSError, MasonError, TypeError, AttributeError, ValueError,
@@ -1300,13 +1155,14 @@ class CachedFunction:
         return result
 
     def check_call_in_cache(self, *args, **kwargs) -> bool:
-        """Whether this call has an entry (written with this user's key, for this code, not
-        expired), without running anything."""
+        """Whether this call would be a hit: it has an entry, written with this user's key,
+        intact, for this code, not expired.  Runs nothing of the function; verifies (and
+        loads) the entry, so that the call that follows finds it verified already."""
         key = self.cache_key(*args, **kwargs)
         path = os.path.join(self.directory, key + _SUFFIX)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", CacheWarning)
-            return self.memory._load(path, key, header_only=True) is not _MISS
+            return self.memory._load(path, key) is not _MISS
 
     def clear(self) -> int:
         """Delete this function's entries (every code version).  Returns how many."""

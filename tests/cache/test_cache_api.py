@@ -30,7 +30,7 @@ class Result:
 
 
 def entry_files(location) -> list[Path]:
-    return sorted(Path(location).rglob("*.mce"))
+    return sorted(Path(location).rglob("*.mason"))
 
 
 def test_hit_returns_the_stored_value_without_calling(memory):
@@ -178,30 +178,38 @@ def test_functions_and_classes_of_main_as_results(memory):
     assert make(3)(5) == 15   # loaded: a nested function, by value
 
 
-def test_numpy_results_are_writable_and_large_ones_mapped(memory):
+def _owner(array):
+    """What finally holds the memory of ``array``."""
+    base = array
+    while getattr(base, "base", None) is not None:
+        base = base.base
+    return base.obj if isinstance(base, memoryview) else base
+
+
+def test_large_results_are_mapped_read_only_small_ones_writable(memory):
     @memory.cache
     def arrays(n):
-        return {"small": np.arange(10.0), "big": np.arange(n, dtype=np.float64)}
+        return {"a": np.arange(10.0), "b": np.arange(n, dtype=np.float64)}
 
-    fresh = arrays(400_000)   # 3.2 MB: memory-mapped when loaded
-    loaded = arrays(400_000)
-    np.testing.assert_array_equal(loaded["big"], fresh["big"])
-    np.testing.assert_array_equal(loaded["small"], fresh["small"])
-    big = loaded["big"]
-    base = big.base
-    while base is not None and not isinstance(base, (memoryview, bytes, bytearray)) and \
-            getattr(base, "base", None) is not None:
-        base = base.base
-    assert isinstance(base, memoryview) and type(base.obj).__name__ == "mmap"
-    assert big.flags.writeable and loaded["small"].flags.writeable
-    big[0] = -1.0   # copy-on-write: the file keeps the stored value
-    assert arrays(400_000)["big"][0] == 0.0
-    small_again = arrays(400_000)["small"]
-    loaded["small"][0] = 42.0
-    assert small_again[0] == 0.0
+    for n in (400_000, 20_000, 10):   # 3.2 MB: mapped; 160 KB and 10 floats: read
+        fresh = arrays(n)
+        for _ in range(2):   # verified, then loaded again from what was verified
+            loaded = arrays(n)
+            np.testing.assert_array_equal(loaded["b"], fresh["b"])
+            np.testing.assert_array_equal(loaded["a"], fresh["a"])
+            if n == 400_000:
+                assert type(_owner(loaded["b"])).__name__ == "mmap"
+                assert not loaded["b"].flags.writeable and not loaded["a"].flags.writeable
+                with pytest.raises(ValueError, match="read-only"):
+                    loaded["b"][0] = -1.0
+            else:
+                assert type(_owner(loaded["b"])).__name__ != "mmap"
+                assert loaded["b"].flags.writeable and loaded["a"].flags.writeable
+                loaded["a"][0] = 42.0   # each load has its own copy
+        assert arrays(n)["a"][0] == 0.0
 
 
-def test_mmap_false_reads_into_memory(location):
+def test_mmap_false_reads_into_writable_memory(location):
     memory = Memory(location, key=KEY, mmap=False)
 
     @memory.cache
@@ -209,9 +217,12 @@ def test_mmap_false_reads_into_memory(location):
         return np.ones(n)
 
     f(300_000)
-    loaded = f(300_000)
-    assert loaded.flags.writeable and loaded.sum() == 300_000
-    assert "mmap" not in repr(type(getattr(loaded.base, "obj", None)))
+    for _ in range(2):
+        loaded = f(300_000)
+        assert loaded.flags.writeable and loaded.sum() == 300_000
+        assert type(_owner(loaded)).__name__ != "mmap"
+        loaded[:] = 0   # changes this copy only
+    assert f(300_000).sum() == 300_000
 
 
 def test_check_call_in_cache_and_cache_key(memory):
@@ -224,7 +235,7 @@ def test_check_call_in_cache_and_cache_key(memory):
     assert f.check_call_in_cache(1) and f.check_call_in_cache(x=1)
     assert not f.check_call_in_cache(2)
     key = f.cache_key(1)
-    assert len(key) == 32 and (Path(f.directory) / f"{key}.mce").is_file()
+    assert len(key) == 32 and (Path(f.directory) / f"{key}.mason").is_file()
 
 
 def test_clear_of_a_function_and_of_the_memory(memory):
@@ -338,7 +349,7 @@ def test_cache_dir_from_the_environment(tmp_path, monkeypatch):
         return x
 
     f(1)
-    assert len(list((tmp_path / "elsewhere").rglob("*.mce"))) == 1
+    assert len(list((tmp_path / "elsewhere").rglob("*.mason"))) == 1
 
 
 def test_sizes_and_ages_as_text(location):

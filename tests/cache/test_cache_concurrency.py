@@ -77,9 +77,9 @@ def test_processes_share_one_cache(location, tmp_path):
     calls = _calls(calls_dir)
     assert set(calls) == set(range(n))   # every result computed at least once...
     assert len(calls) < 4 * n            # ...and most found in the cache
-    entries = list(Path(location).rglob("*.mce"))
+    entries = list(Path(location).rglob("*.mason"))
     assert len(entries) == n
-    assert list(Path(location).rglob(".tmp-*")) == []
+    assert list(Path(location).rglob(".mason-*.tmp")) == []
     # A fifth process finds everything, verified: no call, no warning.
     before = len(calls)
     _workers(location, calls_dir, n, count=1)
@@ -90,7 +90,7 @@ def test_processes_with_a_size_limit(location, tmp_path):
     calls_dir = tmp_path / "calls"
     calls_dir.mkdir()
     _workers(location, calls_dir, 30, count=3, extra=("3MB",))
-    size = sum(p.stat().st_size for p in Path(location).rglob("*.mce"))
+    size = sum(p.stat().st_size for p in Path(location).rglob("*.mason"))
     # Every writer keeps the limit as it sees it; concurrent writers may each add one entry
     # after their last eviction.
     assert size <= 3_000_000 + 3 * 2_500_000
@@ -122,8 +122,9 @@ def test_clearing_while_others_write(location, tmp_path):
     memory = Memory(location)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        for path in Path(location).rglob("*.mce"):
-            assert memory._load(str(path), path.stem) is not None
+        for path in Path(location).rglob("*.mason"):
+            meta, value = memory._load(str(path), path.stem)
+            assert meta["key"] == path.stem and value["i"] == int(value["tag"][1:])
 
 
 # -- killed writers ---------------------------------------------------------------------------
@@ -131,18 +132,19 @@ def test_clearing_while_others_write(location, tmp_path):
 SLOW_WRITER = r"""
 import os, sys, time
 import numpy as np
+import mason._zip as zip_
 import mason.cache as mc
 
-real = mc._write_all
-def slow(fd, parts):
-    # Write the entry 64 KB at a time, slowly, so that the test can kill us in the middle.
-    data = b"".join(bytes(p) for p in parts)
-    for i in range(0, len(data), 1 << 16):
-        os.write(fd, data[i:i + (1 << 16)])
-        if i == 1 << 16:
+def slow(self, data):
+    # Write 64 KB at a time, slowly, so that the test can kill us in the middle.
+    view = memoryview(data).cast("B")
+    for i in range(0, view.nbytes, 1 << 16):
+        os.write(self.fd, view[i:i + (1 << 16)])
+        if view.nbytes > 1 << 20 and i == 1 << 17:
             open(sys.argv[2], "w").close()   # tell the test: mid-write now
         time.sleep(0.01)
-mc._write_all = slow
+    self.pos += view.nbytes
+zip_.LocalWriter.write = slow
 
 memory = mc.Memory(sys.argv[1])
 
@@ -185,9 +187,9 @@ def test_writer_killed_mid_write_leaves_no_entry(location, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == -signal.SIGKILL and "finished" not in out
-    temporary = list(Path(location).rglob(".tmp-*"))
+    temporary = list(Path(location).rglob(".mason-*.tmp"))
     assert len(temporary) == 1 and 0 < temporary[0].stat().st_size < 8_000_000
-    assert list(Path(location).rglob("*.mce")) == []
+    assert list(Path(location).rglob("*.mason")) == []
     # The next process: no entry (so no warning either), computes, stores, then hits.
     proc = subprocess.run([sys.executable, "-c", READER, location], env=python_env(),
                           capture_output=True, text=True, timeout=120)
@@ -240,7 +242,7 @@ def test_writers_killed_at_random_moments(location):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         seeds += range(round_ * 100, round_ * 100 + 60)
-    entries = list(Path(location).rglob("*.mce"))
+    entries = list(Path(location).rglob("*.mason"))
     assert entries, "no writer got to finish an entry"
     # Every entry left behind verifies and holds exactly the value of its call.
     proc = subprocess.run([sys.executable, "-c", VERIFY, location, ",".join(map(str, seeds))],
@@ -268,13 +270,21 @@ def test_threads_loading_while_another_clears(location):
         rng = random.Random(seed)
         while time.monotonic() < stop:
             n = rng.choice(sizes)
-            value = f(n)
+            try:
+                value = f(n)
+            except BaseException as exc:  # noqa: BLE001 - a thread's error fails the test
+                errors.append(repr(exc))
+                return
             if value.shape != (n,) or value[-1] != n - 1:
                 errors.append(f"wrong value for {n}")
 
     def clearer() -> None:
         while time.monotonic() < stop:
-            memory.clear()
+            try:
+                memory.clear()
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(repr(exc))
+                return
             time.sleep(0.01)
 
     with warnings.catch_warnings():

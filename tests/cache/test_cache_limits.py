@@ -14,7 +14,7 @@ BLOB = 100_000   # each result: about 100 KB on disk
 
 
 def entries(location) -> list[Path]:
-    return list(Path(location).rglob("*.mce"))
+    return list(Path(location).rglob("*.mason"))
 
 
 def total_size(location) -> int:
@@ -38,7 +38,7 @@ def test_size_limit_evicts_least_recently_used(location):
 
     for i in range(5):
         blob(i)
-        age(Path(blob.directory) / f"{blob.cache_key(i)}.mce", 100 - i)   # 0 oldest
+        age(Path(blob.directory) / f"{blob.cache_key(i)}.mason", 100 - i)   # 0 oldest
     assert len(entries(location)) == 5
     # Use 0 and 1 again: now 2 is the least recently used, then 3.
     assert blob(0) == bytes([0]) * BLOB and blob(1) == bytes([1]) * BLOB
@@ -120,12 +120,12 @@ def test_reduce_size_removes_expired_entries_and_dead_writers_files(location):
 
     for i in range(3):
         f(i)
-    old_entry = Path(f.directory) / f"{f.cache_key(0)}.mce"
+    old_entry = Path(f.directory) / f"{f.cache_key(0)}.mason"
     age(old_entry, 7200)
-    dead = Path(f.directory) / ".tmp-deadbeef.123.456.abcd"
+    dead = Path(f.directory) / ".mason-deadbeef.tmp"
     dead.write_bytes(b"half an entry")
     age(dead, 7200)
-    live = Path(f.directory) / ".tmp-cafe.789.1.ef01"
+    live = Path(f.directory) / ".mason-cafe0123.tmp"
     live.write_bytes(b"a writer at work")
     assert memory.reduce_size() == 1
     assert not old_entry.exists() and not dead.exists()
@@ -152,7 +152,7 @@ def test_hits_refresh_last_use(location):
         return x
 
     f(1)
-    path = Path(f.directory) / f"{f.cache_key(1)}.mce"
+    path = Path(f.directory) / f"{f.cache_key(1)}.mason"
     age(path, 1000)
     before = path.stat().st_mtime
     fresh = Memory(location, key=KEY).cache(f.func)   # another process, in effect

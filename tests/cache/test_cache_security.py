@@ -9,12 +9,15 @@ from __future__ import annotations
 import os
 import pickle
 import stat
+import struct
+import time
 import warnings
+import zipfile
 from pathlib import Path
 
 import pytest
 
-import mason.cache as mcache
+from mason import files
 from mason.cache import CacheKeyError, CacheWarning, Memory, key_file_path
 
 from cache_helpers import run_python
@@ -70,7 +73,7 @@ def victim(location):
 
 
 def entry_path(f, *args) -> Path:
-    return Path(f.directory) / f"{f.cache_key(*args)}.mce"
+    return Path(f.directory) / f"{f.cache_key(*args)}.mason"
 
 
 def plant(path: Path, data: bytes) -> None:
@@ -167,46 +170,54 @@ def test_planted_plain_pickle_does_not_run(victim, marker):
     assert_recomputed_safely(f, calls, marker, [21])
 
 
-def _forge(key: bytes, entry_key: str, value_pickle: bytes) -> bytes:
-    """An entry laid out exactly as mason writes one, its header MAC made with ``key``."""
-    import hashlib
-    import hmac as _hmac
-
-    body = value_pickle
-    header = pickle.dumps({"v": 1, "key": entry_key, "pickle": len(body), "buffers": (),
-                           "body": len(body), "sha256": hashlib.sha256(body).digest(),
-                           "created": 9e9, "function": "x", "duration": 0.0}, protocol=5)
-    lead = mcache._MAGIC + len(header).to_bytes(4, "little")
-    mac = _hmac.new(key, mcache._CONTEXT, hashlib.sha256)
-    mac.update(lead)
-    mac.update(header)
-    start = mcache._PREFIX + len(header)
-    return lead + mac.digest() + header + bytes(-start % 64) + body
+def _forge(key: bytes, entry_key: str, marker: Path, path: Path) -> None:
+    """A well-formed entry for ``entry_key`` whose value runs code when unpickled, signed
+    with ``key`` (not this user's)."""
+    meta = {"v": 1, "key": entry_key, "created": time.time(), "function": "x",
+            "duration": 0.0}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    files.dump((meta, _Exec(f"open({str(marker)!r}, 'w').write('pwned')")), str(path),
+               key=key)
 
 
-def test_entry_signed_with_another_key_does_not_run(victim, marker):
+def member_span(path: Path, name: str) -> tuple[int, int]:
+    """Where the data of the member ``name`` of a container (a zip) lies in the file."""
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(name)
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset + 26)
+        name_len, extra_len = struct.unpack("<HH", fh.read(4))
+    start = info.header_offset + 30 + name_len + extra_len
+    return start, start + info.compress_size
+
+
+def test_entry_signed_with_another_key_does_not_run(victim, marker, tmp_path):
     _, f, calls = victim
-    payload = hostile_pickle(marker)
-    assert_live(payload, marker)
-    plant(entry_path(f, 21), _forge(b"the attacker's own key!!", f.cache_key(21), payload))
+    _forge(b"the attacker's own key!!", f.cache_key(21), marker, tmp_path / "forged")
+    data = zipfile.ZipFile(tmp_path / "forged").read("data.pkl")
+    assert_live(data, marker)   # the pickle inside runs, for stdlib pickle
+    plant(entry_path(f, 21), (tmp_path / "forged").read_bytes())
     assert_recomputed_safely(f, calls, marker, [21])
 
 
-def test_genuine_header_with_a_hostile_body_does_not_run(victim, marker):
+def test_genuine_table_with_a_hostile_pickle_does_not_run(victim, marker):
     _, f, calls = victim
     f(21)
     path = entry_path(f, 21)
-    genuine = path.read_bytes()
     payload = hostile_pickle(marker)
     assert_live(payload, marker)
-    start = mcache._PREFIX + int.from_bytes(genuine[8:12], "little")
-    start += -start % 64
-    # Keep the signed header, replace the body (the MAC still verifies; the digest must not).
-    plant(path, genuine[:start] + payload)
-    fresh = Memory(f.memory.location).cache(f.func)   # no in-process memo of the genuine one
-    with pytest.warns(CacheWarning, match="do not match its signed digest"):
+    start, end = member_span(path, "data.pkl")
+    genuine = path.read_bytes()
+    assert len(payload) <= end - start
+    # Keep the signed table; put the hostile pickle where the genuine one was (padded after
+    # its STOP, which pickle ignores).
+    forged = genuine[:start] + payload + b" " * (end - start - len(payload)) + genuine[end:]
+    plant(path, forged)
+    fresh = Memory(f.memory.location).cache(f.func)   # no in-process memory of the genuine one
+    with pytest.warns(CacheWarning, match="not loading"):
         assert fresh(21) == {"value": 42}
     assert not marker.exists()
+    assert calls == [21, 21]
 
 
 def test_entry_of_another_call_is_not_returned(victim):
@@ -225,7 +236,11 @@ def test_truncated_or_torn_entries_are_recomputed(victim, cut):
     f(21)
     path = entry_path(f, 21)
     data = path.read_bytes()
-    path.write_bytes(data[:cut] if cut >= 0 else data[:-1] + bytes([data[-1] ^ 1]))
+    if cut >= 0:
+        path.write_bytes(data[:cut])
+    else:   # a byte flipped in the middle
+        middle = len(data) // 2
+        path.write_bytes(data[:middle] + bytes([data[middle] ^ 1]) + data[middle + 1:])
     fresh = Memory(f.memory.location).cache(f.func)
     with pytest.warns(CacheWarning, match="not loading"):
         assert fresh(21) == {"value": 42}
@@ -256,9 +271,9 @@ class Evil:
 memory = Memory(sys.argv[1])
 """ + FUNCTION + r"""
 key = f.cache_key(21)
-path = f"{f.directory}/{key}.mce"
+path = f"{f.directory}/{key}.mason"
 if sys.argv[3] == "plant":   # write a genuine mason entry, signed with the attacker's key
-    memory._store(f.directory, path, key, Evil(), {"created": time.time()})
+    memory._store(f.directory, path, Evil(), {"v": 1, "key": key, "created": time.time()})
 else:                        # the control: the attacker's own process loads it (trusted)
     memory._load(path, key)
 print(key)
@@ -282,15 +297,12 @@ def test_entry_written_by_another_user_does_not_run(location, marker, tmp_path):
     attacker_home.mkdir()
     attacker = dict(HOME=str(attacker_home), XDG_CONFIG_HOME=str(attacker_home / ".config"))
     key = run_python(ATTACKER, location, str(marker), "plant", **attacker).stdout.strip()
-    planted, = Path(location).rglob(f"{key}.mce")
+    planted, = Path(location).rglob(f"{key}.mason")
     assert not marker.exists()
     saved = planted.read_bytes()
     # Controls: the pickle inside runs under stdlib pickle, and the entry runs when its
     # writer loads it with the key that signed it.
-    start = mcache._PREFIX + int.from_bytes(saved[8:12], "little")
-    header = pickle.loads(saved[mcache._PREFIX:start])
-    body = saved[start + (-start % 64):]
-    assert_live(body[:header["pickle"]], marker)
+    assert_live(zipfile.ZipFile(planted).read("data.pkl"), marker)
     run_python(ATTACKER, location, str(marker), "load", **attacker)
     assert marker.exists(), "control: the attacker's entry did not run for its writer"
     marker.unlink()
@@ -327,8 +339,14 @@ def ramp(n):
     return np.arange(n, dtype=np.float64)
 
 
-def _flip_last_byte(data: bytes) -> bytes:
-    return data[:-1] + bytes([data[-1] ^ 0xFF])
+def _flip_inside(path: Path) -> bytes:
+    """The entry's bytes with one byte flipped in the middle of its largest part."""
+    with zipfile.ZipFile(path) as archive:
+        name = max(archive.namelist(), key=lambda n: archive.getinfo(n).file_size)
+    start, end = member_span(path, name)
+    data = bytearray(path.read_bytes())
+    data[(start + end) // 2] ^= 0xFF
+    return bytes(data)
 
 
 @pytest.mark.parametrize("how", ["replaced", "in place"])
@@ -342,18 +360,17 @@ def test_entry_changed_after_this_process_verified_it(location, how, n):
     for _ in range(3):   # verified once, then loaded from what was verified
         np.testing.assert_array_equal(f(n), np.arange(n, dtype=np.float64))
     path = entry_path(f, n)
-    tampered = _flip_last_byte(path.read_bytes())
+    tampered = _flip_inside(path)
     if how == "replaced":
         other = path.with_suffix(".new")
         other.write_bytes(tampered)
         os.replace(other, path)
     else:
         with open(path, "r+b") as fh:
-            fh.seek(len(tampered) - 1)
-            fh.write(tampered[-1:])
+            fh.write(tampered)
         stamp = path.stat().st_mtime_ns + 1_000_000
         os.utime(path, ns=(stamp, stamp))   # the write's mtime, even on a coarse clock
-    with pytest.warns(CacheWarning, match="do not match its signed digest"):
+    with pytest.warns(CacheWarning, match="not loading"):
         np.testing.assert_array_equal(f(n), np.arange(n, dtype=np.float64))
 
 

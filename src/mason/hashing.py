@@ -440,6 +440,8 @@ _CANON: dict[type, Callable] = {
     types.ModuleType: _module, types.CodeType: _code, type: _class,
 }
 
+_BUILTIN_HANDLERS = dict(_CANON)
+
 # Base types whose plain subclasses are hashed as "class + base value + instance __dict__".
 _BASES = (dict, list, tuple, set, frozenset, str, int, float, bytes, bytearray, complex)
 
@@ -468,6 +470,10 @@ def _handler_for(t: type) -> Callable:
                 break
         else:
             handler = _reduced
+    if len(_CANON) >= 4096:
+        # Classes made on the fly (one per call, say) must not pile up here for ever.
+        _CANON.clear()
+        _CANON.update(_BUILTIN_HANDLERS)
     _CANON[t] = handler
     return handler
 

@@ -239,6 +239,18 @@ def hash_contenders() -> list[Contender]:
 
 # -- main --------------------------------------------------------------------------------------
 
+def print_times(results: Results) -> None:
+    """Every contender's median time per call, beside the table of ratios."""
+    names = results.contenders
+    rows = [[w.key] + [harness.format_time(results.median(w.key, n)) for n in names]
+            for w in results.workloads]
+    header = ["median per call"] + names
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    for row in [header] + rows:
+        print("  ".join(c.ljust(wd) if i == 0 else c.rjust(wd)
+                        for i, (c, wd) in enumerate(zip(row, widths))).rstrip())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 repeats, 20k dict entries")
@@ -284,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
             print()
             ok = harness.report(merged, "joblib.Memory", subject="mason.Memory",
                                 peer="diskcache.memoize") and ok
+            print()
+            print_times(merged)
             if args.json:
                 harness.save_json(merged, args.json.replace(".json", "-memo.json"))
 
@@ -296,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
             hashed = harness.measure(hash_contenders(), hashing, repeat=repeat, min_time=0.05)
             print()
             harness.report(hashed, "joblib.hash", subject="mason.hash")
+            print()
+            print_times(hashed)
             key = hashing[0].key
             ratio = hashed.ratio(key, "mason.hash", "xxh3 raw bytes")
             if ratio is not None:

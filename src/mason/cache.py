@@ -122,7 +122,10 @@ _AGAIN = object()
 _MISSING = object()
 _TAG = sys.implementation.cache_tag or "python"
 
-_open_flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+# An entry is opened without following a symbolic link and without blocking (a FIFO planted
+# where an entry should be must not hang the caller); then it must be a regular file.
+_open_flags = (os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+               | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
 _create_flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
                  | getattr(os, "O_BINARY", 0))
 _blake2b = hashlib.blake2b
@@ -722,8 +725,13 @@ class Memory:
             fd = os.open(path, _open_flags)
         except (FileNotFoundError, NotADirectoryError):
             return _MISS
+        except OSError as exc:   # a symbolic link, a file we may not read...
+            self._warn(path, _Invalid(f"it cannot be opened ({exc.strerror})"))
+            return _MISS
         try:
             st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise _Invalid("it is not a regular file")
             meta, value = _read_entry(fd, st.st_size, self._secret(), key, self.mmap)
             if st.st_size <= _SMALL:
                 try:

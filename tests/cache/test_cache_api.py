@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import pickle
 import warnings
@@ -11,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import mason.cache as mcache
 from mason.cache import CachedFunction, CacheWarning, Memory, cache, default_location
 from mason.hashing import HashError
+
+# The module itself (``mason.cache`` may be re-exported as the decorator).
+mcache = importlib.import_module("mason.cache")
 
 KEY = b"0123456789abcdef0123456789abcdef"
 

@@ -133,7 +133,7 @@ SLOW_WRITER = r"""
 import os, sys, time
 import numpy as np
 import mason._zip as zip_
-import mason.cache as mc
+from mason.cache import Memory
 
 def slow(self, data):
     # Write 64 KB at a time, slowly, so that the test can kill us in the middle.
@@ -146,7 +146,7 @@ def slow(self, data):
     self.pos += view.nbytes
 zip_.LocalWriter.write = slow
 
-memory = mc.Memory(sys.argv[1])
+memory = Memory(sys.argv[1])
 
 @memory.cache
 def big(n):

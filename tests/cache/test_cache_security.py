@@ -393,3 +393,20 @@ def test_clear_closes_the_entries_this_process_holds(location):
     assert len(held()) == 2
     assert memory.clear() == 2
     assert held() == []   # the deleted files' space is freed
+
+
+def test_fifo_or_symlink_planted_as_an_entry(victim, tmp_path):
+    _, f, calls = victim
+    path = entry_path(f, 21)
+    path.parent.mkdir(parents=True)
+    os.mkfifo(path)   # opening it for reading would wait for a writer for ever
+    with pytest.warns(CacheWarning, match="not a regular file"):
+        assert f(21) == {"value": 42}
+    assert path.is_file()   # replaced by a genuine entry
+    f(1)
+    path.unlink()
+    path.symlink_to(entry_path(f, 1))   # a valid entry, of another call, through a link
+    with pytest.warns(CacheWarning, match="cannot be opened"):
+        assert f(21) == {"value": 42}
+    assert path.is_file() and not path.is_symlink()
+    assert calls == [21, 1, 21]

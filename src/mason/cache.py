@@ -375,9 +375,9 @@ class _Verified:
       could not be loaded unverified;
     * large entries (``fd`` set): the file kept open.  An open file's inode cannot be
       reused, so while ``stat(path)`` gives that device and inode, the path still names the
-      very file that was verified; entries are written 0644 and never in place, so its bytes
-      are those that were checked (and its mtime and ctime say so).  Each load reads or maps
-      it again, without checking it again.
+      very file that was verified; entries are written by their owner only (mode 0600) and
+      never in place, so its bytes are those that were checked (and its mtime and ctime say
+      so).  Each load reads or maps it again, without checking it again.
     """
 
     __slots__ = ("sig", "meta", "pickle", "buffers", "fd", "size")

@@ -50,7 +50,8 @@ def test_digest_is_32_hex_digits():
 
 @pytest.mark.parametrize("a, b", [
     (1, True), (1, 1.0), (0, False), (0.0, -0.0), (1, "1"), (b"a", "a"), (b"a", bytearray(b"a")),
-    ([1, 2], (1, 2)), ([[1], 2], [1, [2]]), (["ab", "c"], ["a", "bc"]), ({1, 2}, frozenset({1, 2})),
+    ([1, 2], (1, 2)), ([[1], 2], [1, [2]]), (["ab", "c"], ["a", "bc"]),
+    ({1, 2}, frozenset({1, 2})),
     ({"a": 1}, {"a": 1.0}), ({"a": 1}, [("a", 1)]), ((), []), (None, 0), ({}, set()),
     ({1: "a", 2: "b"}, {1: "b", 2: "a"}), (collections.OrderedDict(a=1), {"a": 1}),
     (collections.Counter("ab"), {"a": 1, "b": 1}), (Color.RED, 1), (Color.RED, Color.GREEN),

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from mason.errors import PicklingError
-from mason.hashing import BIG, HashError, encode, hash as mhash
+from mason.hashing import BIG, BUFFER_ALGORITHM, HashError, encode, hash as mhash
 
 from cache_helpers import python_env
 
@@ -248,3 +248,32 @@ def test_many_rewritten_nodes_hash_repeatedly():
     for _ in range(100):
         assert mhash(values) == first
     assert mhash(values[:-1]) != first
+
+
+NO_XXHASH = r"""
+import sys
+sys.modules["xxhash"] = None   # as if it were not installed
+import numpy as np
+from mason.hashing import BUFFER_ALGORITHM, hash as mhash
+print(BUFFER_ALGORITHM, mhash(np.arange(100_000, dtype=np.float64)),
+      mhash({"small": [1, 2], "s": {"b", "a"}}))
+"""
+
+
+def test_without_xxhash_large_buffers_use_blake2b():
+    runs = []
+    for seed in ("1", "2"):
+        proc = subprocess.run([sys.executable, "-c", NO_XXHASH],
+                              env=python_env(PYTHONHASHSEED=seed), capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        runs.append(proc.stdout.split())
+    assert runs[0] == runs[1]
+    algorithm, big, small = runs[0]
+    assert algorithm == "blake2b"
+    # Large buffers name their algorithm: a process with xxhash never gets this digest (and
+    # one without it, as this one would be without the package, gets exactly this one)...
+    assert (big == mhash(np.arange(100_000, dtype=np.float64))) == \
+        (BUFFER_ALGORITHM == "blake2b")
+    # ...while everything without a large buffer hashes the same either way.
+    assert small == mhash({"small": [1, 2], "s": {"b", "a"}})

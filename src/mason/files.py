@@ -44,6 +44,7 @@ import os
 import pickle
 import sys
 import tempfile
+import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -239,7 +240,7 @@ def dump(obj: Any, path, protocol: int = 5, *, compress: str | None = None, leve
             writer.finish()
         os.close(fd)
         fd = -1
-        os.replace(temp, path)
+        _replace(temp, path)
     except BaseException:
         if fd >= 0:
             os.close(fd)
@@ -250,6 +251,22 @@ def dump(obj: Any, path, protocol: int = 5, *, compress: str | None = None, leve
         raise
     finally:
         del stream
+
+
+def _replace(temp: str, path: str) -> None:
+    """``os.replace``, with the file it replaces released on another thread: dropping a
+    large file's pages takes the kernel longer than writing them, and the caller need not
+    wait for it (an open descriptor keeps the old file alive until it is closed)."""
+    try:
+        old = os.open(path, os.O_RDONLY)
+    except OSError:
+        old = -1
+    try:
+        os.replace(temp, path)
+    finally:
+        if old >= 0:
+            threading.Thread(target=os.close, args=(old,), name="mason-release",
+                             daemon=True).start()
 
 
 def _table_mac(key: bytes, table: dict) -> str:

@@ -7,8 +7,9 @@
 Contenders, each in its default configuration, as its documentation shows:
 
 * ``joblib.Memory(dir, verbose=0).cache`` (the baseline of the first table);
-* ``mason.Memory(dir).cache``: entries authenticated (HMAC-SHA256 header, SHA-256 of the
-  body checked on every load), large results memory-mapped;
+* ``mason.Memory(dir).cache``: entries are mason containers signed with the cache key,
+  verified (signature and SHA-256 of every part) the first time a process loads them,
+  large results memory-mapped;
 * ``diskcache.Cache(dir).memoize()``: SQLite index, values over 32 KB in files of their own.
 
 Workloads (the harness in ``harness.py`` takes interleaved medians: each repeat times every

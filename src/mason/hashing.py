@@ -79,8 +79,8 @@ try:  # optional: xxh3 hashes large buffers at memory speed
 except ImportError:  # pragma: no cover - depends on the environment
     _xxhash = None
 
-__all__ = ["hash", "HashError", "code_digest", "global_names", "buffer_digest", "encode",
-           "BIG", "BUFFER_ALGORITHM"]
+__all__ = ["hash", "digest", "HashError", "code_digest", "global_names", "buffer_digest",
+           "encode", "BIG", "BUFFER_ALGORITHM"]
 
 # Buffers at least this long are hashed on their own, in place (no copy into the encoding).
 BIG = 1 << 15

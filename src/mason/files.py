@@ -258,7 +258,10 @@ def _replace(temp: str, path: str) -> None:
     large file's pages takes the kernel longer than writing them, and the caller need not
     wait for it (an open descriptor keeps the old file alive until it is closed)."""
     try:
-        old = os.open(path, os.O_RDONLY)
+        # Never block or follow a link here: whatever is at ``path`` (a FIFO planted in a
+        # cache directory, say) is only being replaced.
+        old = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+                      | getattr(os, "O_NOFOLLOW", 0))
     except OSError:
         old = -1
     try:

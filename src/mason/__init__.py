@@ -22,6 +22,7 @@ _LAZY = {
     "NetworkFilesystemError": "store", "TransactionLostError": "store",
     "scan": "analysis", "dis": "analysis", "show": "analysis", "ScanReport": "analysis",
     "Finding": "analysis", "Verdict": "analysis",
+    "Memory": "cache", "cache": "cache", "hash": "hashing",
 }
 
 
@@ -35,12 +36,12 @@ def __getattr__(name):
     return value
 
 __all__ = [
-    "DEFAULT_PROTOCOL", "Finding", "HIGHEST_PROTOCOL", "LimitError", "Limits",
+    "DEFAULT_PROTOCOL", "Finding", "HIGHEST_PROTOCOL", "LimitError", "Limits", "Memory",
     "MalformedPickleError", "MasonError", "NetworkFilesystemError", "PickleBuffer",
     "PickleError", "Pickler", "PicklingError", "Policy", "ScanReport", "Store",
     "StoreBusyError", "StoreError", "TransactionLostError", "TruncatedPickleError",
     "Unpicklable", "Unpickler", "UnpicklingError", "UnsafeCodeError", "UnsafeGlobalError",
-    "Verdict", "check", "dis", "dump", "dumps", "load", "loads", "register_by_value",
+    "Verdict", "cache", "check", "dis", "dump", "dumps", "load", "loads", "register_by_value",
     "registered_by_value", "scan", "show", "SignatureError", "unregister_by_value",
 ]
 

@@ -5,6 +5,8 @@ twins that give identical results (the tests hold them to it)."""
 from setuptools import Extension, setup
 
 setup(ext_modules=[
-    Extension("mason._limits", ["src/mason/_limits.c"], optional=True),
-    Extension("mason._scan", ["src/mason/_scan.c"], optional=True),
+    Extension("mason._limits", ["src/mason/_limits.c"], depends=["src/mason/_pickle_bytes.h"],
+              optional=True),
+    Extension("mason._scan", ["src/mason/_scan.c"], depends=["src/mason/_pickle_bytes.h"],
+              optional=True),
 ])

@@ -15,20 +15,19 @@
 #include <structmember.h>
 #include <stdint.h>
 #include <string.h>
+
+#include "_pickle_bytes.h"
 #ifdef __SSE2__
 #include <emmintrin.h>
 #endif
 
-/* Must match mason.format.opcodes.Arg and Role. */
-enum { ARG_NONE, ARG_FIXED1, ARG_FIXED2, ARG_FIXED4, ARG_FIXED8, ARG_LEN1, ARG_LEN4,
-       ARG_LEN4_SIGNED, ARG_LEN8, ARG_LINE, ARG_LINE2 };
+/* Must match mason.format.opcodes.Role. */
 enum { ROLE_PUSH, ROLE_BUILD, ROLE_EXTEND, ROLE_POP, ROLE_DUP, ROLE_MARK, ROLE_POP_MARK,
        ROLE_PUT, ROLE_MEMOIZE, ROLE_GET, ROLE_PROTO, ROLE_FRAME, ROLE_STOP };
 
 #define NEED_LINE (-1)
 
-/* Bytes of the fixed part of each argument layout (the value, or the length prefix). */
-static const int arg_size[] = {0, 1, 2, 4, 8, 1, 4, 4, 8, 0, 0};
+
 
 typedef struct {
     unsigned char known, arg, role, pops, mark, imports, proto, is_str;
@@ -93,30 +92,6 @@ typedef struct {
     Py_ssize_t memo_len;            /* entries present, for MEMOIZE */
 } StreamCheck;
 
-static int
-grow_slow(void **buf, Py_ssize_t *cap, Py_ssize_t need, size_t item)
-{
-    if (need <= *cap)
-        return 0;
-    Py_ssize_t n = *cap ? *cap : 64;
-    while (n < need)
-        n *= 2;
-    void *p = PyMem_Realloc(*buf, (size_t)n * item);
-    if (p == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    *buf = p;
-    *cap = n;
-    return 0;
-}
-
-static inline int
-grow(void **buf, Py_ssize_t *cap, Py_ssize_t need, size_t item)
-{
-    return need <= *cap ? 0 : grow_slow(buf, cap, need, item);
-}
-
 static inline int
 memo_store(StreamCheck *self, Py_ssize_t idx, int32_t depth)
 {
@@ -145,15 +120,6 @@ raise_limit(PyObject *message, Py_ssize_t offset)
         Py_DECREF(exc);
     }
     return -1;
-}
-
-static uint64_t
-read_le(const unsigned char *p, int n)
-{
-    uint64_t v = 0;
-    for (int i = n - 1; i >= 0; i--)
-        v = (v << 8) | p[i];
-    return v;
 }
 
 static int
@@ -554,17 +520,6 @@ static PyTypeObject StreamCheckType = {
     .tp_members = StreamCheck_members,
     .tp_getset = StreamCheck_getset,
 };
-
-static long
-attr_long(PyObject *obj, const char *name)
-{
-    PyObject *v = PyObject_GetAttrString(obj, name);
-    if (v == NULL)
-        return -1;
-    long r = PyLong_AsLong(v);
-    Py_DECREF(v);
-    return r;
-}
 
 /* Fill the per-byte tables from mason.format.opcodes.OPCODES. */
 static int

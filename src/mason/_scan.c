@@ -16,10 +16,8 @@
 #include <stdint.h>
 #include <string.h>
 
-/* Must match mason.format.opcodes.Arg. */
-enum { ARG_NONE, ARG_FIXED1, ARG_FIXED2, ARG_FIXED4, ARG_FIXED8, ARG_LEN1, ARG_LEN4,
-       ARG_LEN4_SIGNED, ARG_LEN8, ARG_LINE, ARG_LINE2 };
-static const int arg_size[] = {0, 1, 2, 4, 8, 1, 4, 4, 8, 0, 0};
+#include "_pickle_bytes.h"
+
 
 /* Must match the A_* numbers of mason.analysis._survey (checked at import by name). */
 enum { A_FALLBACK, A_PUSH_OTHER, A_PUSH_STR, A_PUSH_INT, A_PUSH_LONG1, A_PUSH_NONE,
@@ -71,33 +69,6 @@ typedef struct {
         capmodified;
     PyObject *globals, *calls, *persistent, *watch;
 } Survey;
-
-static int
-grow(void **buf, Py_ssize_t *cap, Py_ssize_t need, size_t item)
-{
-    if (need <= *cap)
-        return 0;
-    Py_ssize_t n = *cap ? *cap : 64;
-    while (n < need)
-        n *= 2;
-    void *p = PyMem_Realloc(*buf, (size_t)n * item);
-    if (p == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    *buf = p;
-    *cap = n;
-    return 0;
-}
-
-static uint64_t
-read_le(const unsigned char *p, int n)
-{
-    uint64_t v = 0;
-    for (int i = n - 1; i >= 0; i--)
-        v = (v << 8) | p[i];
-    return v;
-}
 
 /* Return codes of the helpers: OK, GIVE_UP (the stream needs the machine), ERROR (Python
  * exception set: out of memory). */
@@ -714,17 +685,6 @@ done:
     PyMem_Free(s.call_global);
     PyMem_Free(s.call_modified);
     return result;
-}
-
-static long
-attr_long(PyObject *obj, const char *name)
-{
-    PyObject *v = PyObject_GetAttrString(obj, name);
-    if (v == NULL)
-        return -1;
-    long r = PyLong_AsLong(v);
-    Py_DECREF(v);
-    return r;
 }
 
 static int

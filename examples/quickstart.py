@@ -7,14 +7,7 @@ import os
 import tempfile
 
 import mason as pickle  # the drop-in: ordinary pickle code keeps working
-
-
-class Point:
-    def __init__(self, x, y):
-        self.x, self.y = x, y
-
-    def __repr__(self):
-        return f"Point({self.x}, {self.y})"
+from geometry import Point
 
 
 record = {
@@ -36,7 +29,7 @@ try:
     pickle.loads(points)
 except pickle.UnsafeGlobalError as error:
     print("refused:", error.names)
-print("allowed:", pickle.loads(points, allow=[f"{__name__}.Point"]))
+print("allowed:", pickle.loads(points, allow=["geometry.Point"]))
 
 # A hostile pickle runs nothing: this one would call os.system.
 hostile = b"cos\nsystem\n(S'echo pwned'\ntR."
@@ -56,6 +49,11 @@ with tempfile.TemporaryDirectory() as folder:
 
 # Old pickles keep loading after a refactor: here, as an older version of this program
 # wrote it, when Point lived in a module named oldapp.geometry.
-old = pickle.dumps(Point(5, 6), protocol=0).replace(b"c__main__\nPoint", b"coldapp.geometry\nPoint")
-print("renamed:", pickle.loads(old, renames={"oldapp.geometry": __name__},
-                               allow=[f"{__name__}.Point"]))
+old = pickle.dumps(Point(5, 6), protocol=0).replace(b"cgeometry\nPoint", b"coldapp.geometry\nPoint")
+print("renamed:", pickle.loads(old, renames={"oldapp.geometry": "geometry"},
+                               allow=["geometry.Point"]))
+
+# What pickle cannot pickle at all travels by value; loading code is running code, so it
+# takes trust (or a signature: pickle.dumps(f, key=...) / pickle.loads(data, key=...)).
+square = pickle.loads(pickle.dumps(lambda x: x * x), trusted=True)
+print("a lambda, by value:", square(7))

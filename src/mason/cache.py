@@ -745,9 +745,7 @@ class Memory:
                                                size=st.st_size))
             if self._expired(meta):
                 return _MISS
-            now = time.time()
-            if now - self._touched.get(path, 0.0) >= _TOUCH_EVERY:
-                self._touch(fd, path, now)
+            self._touch(fd, path)
             return meta, value
         except _Invalid as exc:
             self._forget(path)
@@ -788,9 +786,7 @@ class Memory:
                         return _AGAIN
                     fd = os.dup(known.fd)
                 meta, value = _reload_entry(fd, known.size, key, self.mmap)
-            now = time.time()
-            if now - self._touched.get(path, 0.0) >= _TOUCH_EVERY:
-                self._touch(fd, path, now)
+            self._touch(fd, path)
             return meta, value
         except _Invalid as exc:
             self._forget(path)
@@ -839,8 +835,12 @@ class Memory:
         warnings.warn(CacheWarning(f"mason cache: not loading {path}: {exc}. Computing the "
                                    "result again; it replaces this entry."), stacklevel=5)
 
-    def _touch(self, fd: int | None, path: str, now: float) -> None:
-        """Mark the entry used now (its mtime), for least-recently-used eviction."""
+    def _touch(self, fd: int | None, path: str) -> None:
+        """Mark the entry used now (its mtime), for least-recently-used eviction; at most
+        once every _TOUCH_EVERY seconds per entry and process, as hits must stay cheap."""
+        now = time.time()
+        if now - self._touched.get(path, 0.0) < _TOUCH_EVERY:
+            return
         if len(self._touched) > 4096:
             self._touched.clear()
         self._touched[path] = now

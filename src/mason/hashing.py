@@ -332,18 +332,8 @@ def _set(obj, active):
         how, items = _set_items(obj, active)
     finally:
         del active[id(obj)]
-    return (_T, "set" + how, items)
-
-
-def _frozenset(obj, active):
-    ref = _enter(obj, active)
-    if ref is not None:
-        return ref
-    try:
-        how, items = _set_items(obj, active)
-    finally:
-        del active[id(obj)]
-    return (_T, "frozenset" + how, items)
+    # set and frozenset share the encoding of their items and differ only in the tag
+    return (_T, ("frozenset" if isinstance(obj, frozenset) else "set") + how, items)
 
 
 def _buffer(tag: str, data, size: int):
@@ -433,7 +423,7 @@ def _singleton(name: str):
 
 
 _CANON: dict[type, Callable] = {
-    list: _list, tuple: _tuple, dict: _dict, set: _set, frozenset: _frozenset,
+    list: _list, tuple: _tuple, dict: _dict, set: _set, frozenset: _set,
     bytes: _bytes, bytearray: _bytearray, memoryview: _memoryview,
     type(Ellipsis): _singleton("Ellipsis"), type(NotImplemented): _singleton("NotImplemented"),
     types.FunctionType: _function, types.BuiltinFunctionType: _builtin,

@@ -50,6 +50,7 @@ _MISSING = object()
 # Errors the C engine raises on a malformed stream (rather than from code the stream calls).
 _ENGINE_ERRORS = (_pickle.UnpicklingError, ValueError, struct.error, IndexError, KeyError,
                   OverflowError, UnicodeDecodeError)
+_ENGINE_FAILURES = _ENGINE_ERRORS + (EOFError,)
 
 
 def _make_policy(allow, policy, trusted, limits) -> tuple[Policy | None, Limits]:
@@ -316,10 +317,8 @@ class Unpickler(_pickle.Unpickler):
             raise _all_refused(exc, data, self) from None
         except MasonError:
             raise
-        except _ENGINE_ERRORS as exc:
-            raise _malformed(exc, data, self._limits) from exc
-        except EOFError as exc:
-            raise TruncatedPickleError(str(exc) or "pickle data was truncated") from exc
+        except _ENGINE_FAILURES as exc:
+            raise _engine_failure(exc, data, self._limits) from exc
         except MemoryError as exc:
             raise LimitError("the pickle needs more memory than is available") from exc
         finally:
@@ -480,6 +479,13 @@ def _fix_python2_name(module: str, name: str) -> tuple[str, str]:
     return _compat_pickle.IMPORT_MAPPING.get(module, module), name
 
 
+def _engine_failure(exc: BaseException, data, limits: Limits) -> MalformedPickleError:
+    """What the C engine raised on a bad stream (one of _ENGINE_FAILURES), as a mason error."""
+    if isinstance(exc, EOFError):
+        return TruncatedPickleError(str(exc) or "pickle data was truncated")
+    return _malformed(exc, data, limits)
+
+
 def _malformed(exc: BaseException, data, limits: Limits) -> MalformedPickleError:
     """The engine's error on a bad stream, as a mason error that says where."""
     # The engine does not say where it failed; on this error path, the full check finds
@@ -601,10 +607,8 @@ def _loads_checked(data, checked, fix_imports, encoding, errors, buffers, allow,
                                  errors=errors, buffers=buffers)
         except MasonError:
             raise   # raised by an allowed callable of mason's, e.g. a signed envelope's
-        except _ENGINE_ERRORS as exc:
-            raise _malformed(exc, data, limits) from exc
-        except EOFError as exc:
-            raise TruncatedPickleError(str(exc)) from exc
+        except _ENGINE_FAILURES as exc:
+            raise _engine_failure(exc, data, limits) from exc
     if renames or buffers is not None or not fix_imports or encoding != "ASCII" \
             or errors != "strict":
         unpickler = Unpickler(_NO_FILE, fix_imports=fix_imports, encoding=encoding,
@@ -644,10 +648,8 @@ def loads(data, /, **options):
                 return _pickle_loads(data)
             except MasonError:
                 raise
-            except _ENGINE_ERRORS as exc:
-                raise _malformed(exc, data, _DEFAULT_LIMITS) from exc
-            except EOFError as exc:
-                raise TruncatedPickleError(str(exc)) from exc
+            except _ENGINE_FAILURES as exc:
+                raise _engine_failure(exc, data, _DEFAULT_LIMITS) from exc
         return _loads_checked(data, checked, True, "ASCII", "strict", None, None, None, False,
                               None, _DEFAULT_LIMITS)
     return _loads_options(data, **options)

@@ -36,6 +36,10 @@ try:
     from ._limits import StreamCheck, check as _check, global_names as _global_names
 except ImportError:  # the compiled check was not built: the reference one gives the same results
     from .limits import StreamCheck, check as _check, global_names as _global_names
+try:
+    from ._plainload import loads as _plain_loads
+except ImportError:  # not built: loads takes the check-then-engine way, with the same results
+    _plain_loads = None
 
 __all__ = ["Unpickler", "loads", "load"]
 
@@ -45,6 +49,7 @@ _DEFAULT_POLICY = Policy.default()
 _NO_FILE = io.BytesIO()
 _NOT_READ = object()   # loads: the check did not read the stream's global names
 _DEFAULT_VERDICTS: dict = {}   # loads: (names, protocol) -> whether they load plainly
+_PLAIN_NAMES: dict = {}   # _plainload: (module, name, protocol >= 3) -> see _plain_name
 _pickle_loads = _pickle.loads   # loads() hands its Unpickler the bytes directly
 _MISSING = object()
 # Errors the C engine raises on a malformed stream (rather than from code the stream calls).
@@ -628,6 +633,13 @@ def loads(data, /, **options):
     # __signature__ below); keyword arguments cost more to receive one by one than as one
     # dict, so they, and every stream the quick check does not clear, take the other path.
     if not options:
+        if _plain_loads is not None:
+            # Plain data, and globals the engine may call itself, in one compiled pass that
+            # checks the limits as it builds; NotImplemented for anything else.
+            loaded = _plain_loads(data, _DEFAULT_LIMITS.max_depth, _DEFAULT_LIMITS.memo_slack,
+                                  _PLAIN_NAMES, _plain_name)
+            if loaded is not NotImplemented:
+                return loaded
         checked = _check(data, _DEFAULT_LIMITS.max_depth, _DEFAULT_LIMITS.memo_slack)
         if type(checked) is int:
             direct = not checked & 3
@@ -658,6 +670,20 @@ def loads(data, /, **options):
 loads.__doc__ = _loads_options.__doc__
 loads.__signature__ = inspect.signature(_loads_options)
 _loads_options.__qualname__ = _loads_options.__name__ = "loads"
+
+
+def _plain_name(module: str, name: str, proto: int):
+    """For _plainload: where the C engine finds the global ``module.name`` of a stream of
+    protocol ``proto`` — (module, attribute) — if the default policy lets the engine import
+    it itself (see _load_plainly); else None.  The answer is kept in _PLAIN_NAMES."""
+    where = None
+    if _load_plainly(_DEFAULT_POLICY, ((module, name),), proto, True):
+        found = _fix_python2_name(module, name) if proto < 3 else (module, name)
+        if "." not in found[1]:   # a dotted walk: the long way
+            where = found
+    if len(_PLAIN_NAMES) < 1024:
+        _PLAIN_NAMES[module, name, proto >= 3] = where
+    return where
 
 
 def _load_plainly(policy: Policy, names, proto: int, fix_imports: bool) -> bool:

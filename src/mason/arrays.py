@@ -14,10 +14,14 @@ view of the file:
   Object arrays (and subclasses of ndarray) keep numpy's own reduction: their elements are
   pickled inline as ordinary objects, and so go through the loader's policy.
 * ``reduce_tensor``: a CPU, strided, dense torch tensor or ``nn.Parameter`` without Python
-  attributes, as its bytes plus dtype, shape and ``requires_grad``.
+  attributes, as its storage plus dtype, offset, shape, stride and ``requires_grad``.  The
+  storage is pickled once per pickle (``dispatch_table`` keeps one ``TensorStorage`` per
+  torch storage, which the pickler's memo then refers to), so views of one storage, and the
+  tied weights of a state dict, come back sharing their memory as with ``torch.load``.
 
-Both rebuild with functions that check what they are given (``rebuild_array``,
-``rebuild_tensor``) and keep a stable import path, since pickles name them.  Without a
+All rebuild with functions that check what they are given (``rebuild_array``,
+``rebuild_storage``, ``rebuild_tensor_view``; ``rebuild_tensor`` for files written before
+tensors kept their storage) and keep a stable import path, since pickles name them.  Without a
 buffer callback the same reductions write the bytes in-band (protocol 5 writes a
 ``PickleBuffer`` as BYTEARRAY8), and any unpickler with mason importable loads them.
 """
@@ -33,7 +37,8 @@ from ._numpy_checks import rebuild_array
 from .errors import UnsafeGlobalError
 
 __all__ = ["reduce_ndarray", "reduce_tensor", "rebuild_array", "rebuild_tensor",
-           "dispatch_table", "TORCH_DTYPES"]
+           "rebuild_storage", "rebuild_tensor_view", "TensorStorage", "dispatch_table",
+           "TORCH_DTYPES"]
 
 # torch dtypes that tensors pickle with, by the name used in the stream.  Exactly the names
 # a stream may ask for; anything else is refused.
@@ -86,10 +91,17 @@ def reduce_ndarray(array) -> Any:
     return rebuild_array, (pickle.PickleBuffer(raw), descr, array.shape, order)
 
 
-def reduce_tensor(tensor) -> Any:
-    """Reduce a torch tensor to ``rebuild_tensor(PickleBuffer, dtype, shape,
-    requires_grad, parameter)``; ``NotImplemented`` for what this does not carry (other
-    devices, sparse, quantized, subclasses, tensors with Python attributes)."""
+def reduce_tensor(tensor, storages: dict | None = None) -> Any:
+    """Reduce a torch tensor to ``rebuild_tensor_view(TensorStorage, dtype, offset, shape,
+    stride, requires_grad, parameter)``; ``NotImplemented`` for what this does not carry
+    (other devices, sparse, quantized, subclasses, tensors with Python attributes), which
+    torch's own reduction then pickles in-band.
+
+    ``storages`` maps each torch storage already met in this pickle to its
+    ``TensorStorage``: pass the same dict for a whole pickle so that tensors sharing a
+    storage share it again when loaded (the whole storage is saved, as ``torch.save``
+    does, even when a tensor shows only part of it).
+    """
     import torch
 
     cls = type(tensor)
@@ -104,21 +116,125 @@ def reduce_tensor(tensor) -> Any:
         return NotImplemented
     if tensor.requires_grad and not tensor.is_leaf:
         return NotImplemented   # pickle refuses non-leaf tensors that need grad; so does torch
-    data = tensor.detach()
-    if not data.is_contiguous():
-        data = data.contiguous()
-    if data.numel():
-        raw = data.reshape(-1).view(torch.uint8).numpy()
-    else:
+    untyped = tensor.untyped_storage()
+    # _cdata identifies the storage itself (every view of it has the same); the storage
+    # object is kept in the dict so that its address is not reused while pickling.
+    held = storages.get(untyped._cdata) if storages is not None else None
+    if held is None:
+        held = (untyped, TensorStorage.of(untyped))
+        if storages is not None:
+            storages[untyped._cdata] = held
+    return rebuild_tensor_view, (held[1], name, tensor.storage_offset(), tuple(tensor.shape),
+                                 tuple(tensor.stride()), bool(tensor.requires_grad),
+                                 cls is torch.nn.Parameter)
+
+
+class TensorStorage:
+    """The bytes of one torch storage in a pickle: one object per storage, so that the
+    pickler writes it (and hands its buffer out) once and every tensor that views it
+    refers to it by memo.  Loaded back by ``rebuild_storage``, it holds ``data``, a 1-d
+    uint8 tensor over those bytes, for ``rebuild_tensor_view``."""
+
+    __slots__ = ("buffer", "data")
+
+    def __init__(self, buffer=None, data=None):
+        self.buffer = buffer      # when saving: a PickleBuffer of the storage's bytes
+        self.data = data          # when loaded: a torch.uint8 tensor over them
+
+    @classmethod
+    def of(cls, untyped) -> "TensorStorage":
         import numpy as np
-        raw = np.empty(0, np.uint8)
-    return rebuild_tensor, (pickle.PickleBuffer(raw), name, tuple(tensor.shape),
-                            bool(tensor.requires_grad), cls is torch.nn.Parameter)
+        import torch
+
+        if untyped.nbytes():
+            raw = torch.empty(0, dtype=torch.uint8).set_(untyped).numpy()
+        else:
+            raw = np.empty(0, np.uint8)
+        return cls(pickle.PickleBuffer(raw))
+
+    def __reduce__(self):
+        if self.buffer is None:
+            raise pickle.PicklingError("a loaded mason TensorStorage is not pickled again: "
+                                       "pickle the tensors that use it")
+        return rebuild_storage, (self.buffer,)
+
+
+def rebuild_storage(buffer) -> TensorStorage:
+    """The storage that ``reduce_tensor`` wrote: a view of ``buffer`` when it is writable (a
+    file container's copy-on-write map, or a buffer read into memory), else one copy
+    (torch has no read-only tensors: a view of read-only memory would crash on the first
+    write).  Either way, every tensor of the storage views the same memory."""
+    import torch
+
+    if isinstance(buffer, TensorStorage) or not _is_buffer(buffer):
+        raise UnsafeGlobalError(f"mason rebuild_storage called with "
+                                f"{type(buffer).__name__}: a buffer of bytes is expected")
+    view = memoryview(buffer)
+    if view.readonly:
+        view = memoryview(bytearray(view))
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    if not view.nbytes:
+        return TensorStorage(data=torch.empty(0, dtype=torch.uint8))
+    return TensorStorage(data=torch.frombuffer(view, dtype=torch.uint8))
+
+
+def _is_buffer(obj) -> bool:
+    try:
+        memoryview(obj)
+    except TypeError:
+        return False
+    return True
+
+
+def rebuild_tensor_view(storage, dtype: str, offset: int, shape, stride,
+                        requires_grad: bool = False, parameter: bool = False):
+    """A tensor over ``storage`` (from ``rebuild_storage``) at ``offset`` with ``shape``
+    and ``stride``, all in elements of ``dtype``, checked to stay inside the storage:
+    torch's ``set_`` does not check, and would read past the end of the memory."""
+    import torch
+
+    if not isinstance(storage, TensorStorage) or storage.data is None:
+        raise UnsafeGlobalError(f"mason rebuild_tensor_view called with "
+                                f"{type(storage).__name__}: only a storage rebuilt by "
+                                f"mason.arrays.rebuild_storage is accepted")
+    if type(dtype) is not str or dtype not in TORCH_DTYPES:
+        raise UnsafeGlobalError(f"mason rebuild_tensor_view: dtype {dtype!r:.40} is not a "
+                                f"torch dtype that tensors are saved with")
+    if not _geometry(offset, shape, stride) \
+            or type(requires_grad) is not bool or type(parameter) is not bool:
+        raise UnsafeGlobalError("mason rebuild_tensor_view: offset must be an int >= 0, shape "
+                                "and stride tuples of ints >= 0 of one length, requires_grad "
+                                "and parameter bools")
+    kind = getattr(torch, dtype)
+    itemsize = torch.empty((), dtype=kind).element_size()
+    nbytes = storage.data.numel()
+    if all(shape):
+        end = (offset + sum((n - 1) * s for n, s in zip(shape, stride)) + 1) * itemsize
+        if end > nbytes:
+            raise UnsafeGlobalError(
+                f"mason rebuild_tensor_view: shape {shape} and stride {stride} from offset "
+                f"{offset} reach byte {end} of a storage of {nbytes} bytes")
+    tensor = torch.empty(0, dtype=kind)
+    tensor.set_(storage.data.untyped_storage(), offset, shape, stride)
+    if parameter:
+        return torch.nn.Parameter(tensor, requires_grad=requires_grad)
+    if requires_grad:
+        tensor.requires_grad_(True)
+    return tensor
+
+
+def _geometry(offset, shape, stride) -> bool:
+    return type(offset) is int and offset >= 0 \
+        and type(shape) is tuple and type(stride) is tuple \
+        and len(shape) == len(stride) <= 64 \
+        and all(type(n) is int and n >= 0 for n in shape + stride)
 
 
 def rebuild_tensor(buffer, dtype: str, shape, requires_grad: bool = False,
                    parameter: bool = False):
-    """Rebuild a tensor that ``reduce_tensor`` wrote: a view of ``buffer`` when it is
+    """Rebuild a tensor as mason wrote them before tensors kept their storage (still read
+    in files of that time): a view of ``buffer`` when it is
     writable (a file container's copy-on-write map, or a buffer read into memory), else a
     copy (torch has no read-only tensors: a view of read-only memory would crash on the
     first write)."""
@@ -179,7 +295,13 @@ def dispatch_table(base=None, protocol: int = 5, *, numpy_native: bool = False) 
         table[numpy.ndarray] = reduce
     torch = sys.modules.get("torch")
     if torch is not None:
-        table[torch.Tensor] = table[torch.nn.Parameter] = _or_own(reduce_tensor, protocol)
+        # One table per pickler, hence one map of the storages met so far per pickle.
+        storages: dict = {}
+
+        def reduce_tensor_(obj):
+            return reduce_tensor(obj, storages)
+        reduce_tensor_.__name__ = "reduce_tensor"
+        table[torch.Tensor] = table[torch.nn.Parameter] = _or_own(reduce_tensor_, protocol)
     return table
 
 

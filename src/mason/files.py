@@ -157,8 +157,10 @@ def _pickle_with_buffers(obj, protocol: int, fix_imports: bool, by_value: bool):
     if torch is not None:
         def tensor(obj, _reduce=table[torch.Tensor]):
             reduced = _reduce(obj)
-            if reduced[0] is arrays.rebuild_tensor:
-                writable_ids.add(id(reduced[1][0]))   # torch has no read-only tensors
+            if reduced[0] is arrays.rebuild_tensor_view:
+                # torch has no read-only tensors: a mapped load must give this storage
+                # writable (copy-on-write) memory
+                writable_ids.add(id(reduced[1][0].buffer))
             return reduced
         table[torch.Tensor] = table[torch.nn.Parameter] = tensor
 

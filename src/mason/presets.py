@@ -107,8 +107,9 @@ TORCH_NAMES = (
         "cfloat", "cdouble")),
     "torch.device", "torch.Size", "torch.strided", "torch.contiguous_format",
     "torch.channels_last", "torch.preserve_format",
-    # mason's own out-of-band tensor (mason.arrays): its rebuild checks what it is given
-    "mason.arrays.rebuild_tensor",
+    # mason's own out-of-band tensors (mason.arrays): the rebuilds check what they are given
+    "mason.arrays.rebuild_tensor", "mason.arrays.rebuild_storage",
+    "mason.arrays.rebuild_tensor_view",
 )
 
 # --- pandas --------------------------------------------------------------------------------

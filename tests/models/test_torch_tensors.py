@@ -1,0 +1,171 @@
+"""Torch tensors as torch.save users expect them back: views of one storage and tied
+weights still share it, sparse and quantized tensors round-trip."""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+import zipfile
+
+import pytest
+import torch
+
+import mason
+from mason import UnsafeGlobalError
+from mason.arrays import TensorStorage, rebuild_storage, rebuild_tensor, \
+    rebuild_tensor_view
+
+PRESETS = ["numpy", "torch"]
+
+
+def _same_storage(a, b) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+def _views():
+    base = torch.arange(24.0)
+    return {"base": base, "tail": base[2:], "matrix": base.view(4, 6),
+            "transposed": base.view(4, 6).t(), "strided": base[::3]}
+
+
+def _load_both(tmp_path, obj, how):
+    """``obj`` back through mason's container (full or mapped) or a torch.save file."""
+    if how == "torch.save":
+        path = tmp_path / "views.pt"
+        torch.save(obj, path)
+        return mason.load(path)
+    path = tmp_path / "views.mason"
+    mason.dump(obj, path)
+    return mason.load(path, mmap=how == "mmap", preset=PRESETS)
+
+
+@pytest.mark.parametrize("how", ["full", "mmap", "torch.save"])
+def test_views_of_one_storage_share_it_again(tmp_path, how):
+    views = _views()
+    got = _load_both(tmp_path, views, how)
+    want = torch.load(_saved(tmp_path, views), weights_only=True)
+    for name, view in views.items():
+        assert got[name].dtype == view.dtype and got[name].shape == view.shape, name
+        assert got[name].stride() == view.stride(), name
+        assert got[name].storage_offset() == view.storage_offset(), name
+        assert torch.equal(got[name], view), name
+        assert _same_storage(got[name], got["base"]) == _same_storage(want[name],
+                                                                       want["base"])
+    got["base"][5] = -1.0           # a write through one view shows in the others,
+    assert got["tail"][3] == -1.0   # as after torch.load
+    assert got["matrix"][0, 5] == -1.0 and got["transposed"][5, 0] == -1.0
+
+
+def _saved(tmp_path, obj):
+    path = tmp_path / "reference.pt"
+    torch.save(obj, path)
+    return path
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_views_of_another_dtype_share_the_storage(tmp_path, mmap):
+    # torch.save refuses this; mason keeps it
+    base = torch.arange(6, dtype=torch.int32)
+    path = tmp_path / "bytes.mason"
+    mason.dump([base, base.view(torch.uint8)[4:]], path)
+    got = mason.load(path, mmap=mmap, preset="torch")
+    assert torch.equal(got[1], base.view(torch.uint8)[4:]) and _same_storage(*got)
+
+
+def test_a_shared_storage_is_written_once(tmp_path):
+    views = _views()
+    path = tmp_path / "views.mason"
+    mason.dump(views, path)
+    with zipfile.ZipFile(path) as archive:
+        buffers = [i for i in archive.infolist() if i.filename.startswith("buffers/")]
+    assert len(buffers) == 1 and buffers[0].file_size == views["base"].nbytes
+
+
+def _tied_model():
+    model = torch.nn.Sequential(torch.nn.Embedding(50, 8), torch.nn.Linear(8, 50))
+    model[1].weight = model[0].weight          # tied input and output embeddings
+    return model
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_tied_weights_of_a_state_dict_stay_tied(tmp_path, mmap):
+    state = _tied_model().state_dict()         # two tensors, one storage
+    assert _same_storage(state["0.weight"], state["1.weight"])
+    path = tmp_path / "tied.mason"
+    mason.dump(state, path)
+    got = mason.load(path, mmap=mmap, preset="torch")
+    assert _same_storage(got["0.weight"], got["1.weight"])
+    assert torch.equal(got["1.weight"], state["1.weight"])
+    model = _tied_model()
+    model.load_state_dict(got)
+    assert torch.equal(model(torch.tensor([3]).long()), _reference_output(state))
+
+
+def _reference_output(state):
+    model = _tied_model()
+    model.load_state_dict(state)
+    return model(torch.tensor([3]).long())
+
+
+def test_a_tied_parameter_is_one_object(tmp_path):
+    weight = torch.nn.Parameter(torch.randn(5, 3))
+    path = tmp_path / "params.mason"
+    mason.dump({"a": weight, "b": weight, "part": weight.detach()[1:]}, path)
+    got = mason.load(path, preset="torch")
+    assert got["a"] is got["b"] and type(got["a"]) is torch.nn.Parameter
+    assert _same_storage(got["a"], got["part"]) and torch.equal(got["part"], weight[1:])
+
+
+def test_dumps_with_a_buffer_callback_shares_storages():
+    base = torch.arange(10.0)
+    buffers = []
+    data = mason.dumps([base, base[4:], base[4:]], buffer_callback=buffers.append)
+    assert len(buffers) == 1
+    for got in (mason.loads(data, buffers=buffers, preset="torch"),
+                pickle.loads(data, buffers=buffers)):
+        assert _same_storage(got[0], got[1]) and torch.equal(got[1], base[4:])
+
+
+def test_a_view_of_a_larger_storage_keeps_the_storage():
+    # as torch.save does: the whole storage travels, and comes back under the view
+    big = torch.arange(1000.0)
+    data = mason.dumps(big[10:12])
+    got = mason.loads(data, preset="torch")
+    assert torch.equal(got, big[10:12]) and got.storage_offset() == 10
+
+
+def test_rebuild_tensor_view_stays_inside_its_storage():
+    storage = rebuild_storage(bytearray(16))
+    with pytest.raises(UnsafeGlobalError, match="reach byte"):
+        rebuild_tensor_view(storage, "float32", 2, (3,), (1,))
+    with pytest.raises(UnsafeGlobalError, match="reach byte"):
+        rebuild_tensor_view(storage, "float64", 0, (2, 2), (2, 1))
+    with pytest.raises(UnsafeGlobalError, match="rebuild_storage"):
+        rebuild_tensor_view(bytearray(16), "float32", 0, (4,), (1,))
+    with pytest.raises(UnsafeGlobalError):
+        rebuild_tensor_view(storage, "float32", -1, (1,), (1,))
+    with pytest.raises(UnsafeGlobalError):
+        rebuild_tensor_view(storage, "object", 0, (1,), (1,))
+    with pytest.raises(UnsafeGlobalError):
+        rebuild_storage(TensorStorage(data=torch.zeros(2, dtype=torch.uint8)))
+    assert rebuild_tensor_view(storage, "float32", 1, (3,), (1,)).shape == (3,)
+    assert rebuild_tensor_view(storage, "float32", 9, (0, 5), (5, 1)).numel() == 0
+
+
+def test_a_loaded_read_only_buffer_is_copied_once():
+    storage = rebuild_storage(bytes(range(8)))
+    a = rebuild_tensor_view(storage, "uint8", 0, (8,), (1,))
+    b = rebuild_tensor_view(storage, "uint8", 4, (4,), (1,))
+    a[4] = 99
+    assert b[0] == 99
+
+
+def test_tensors_of_the_earlier_layout_still_load():
+    # files written before tensors kept their storage name mason.arrays.rebuild_tensor
+    class Old:
+        def __reduce__(self):
+            raw = torch.arange(6, dtype=torch.int32).view(torch.uint8).numpy()
+            return rebuild_tensor, (pickle.PickleBuffer(raw), "int32", (2, 3), False, False)
+
+    got = mason.loads(pickle.dumps(Old(), 5), preset="torch")
+    assert torch.equal(got, torch.arange(6, dtype=torch.int32).view(2, 3))

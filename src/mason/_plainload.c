@@ -476,8 +476,10 @@ build(const unsigned char *buf, Py_ssize_t end, Py_ssize_t max_depth, Py_ssize_t
             break;
         }
         case OP_PROTO:
+            /* Only first, as picklers write it: the long way reads a stream's globals in the
+             * protocol of its last PROTO, the engine in the one in force where they are. */
             NEED(1);
-            if (buf[pos] > 5)
+            if (buf[pos] > 5 || start != 0)
                 goto decline;
             proto = buf[pos];
             pos += 1;

@@ -8,7 +8,9 @@
         ├── SignatureError        a signed envelope is missing, altered, or the key is wrong
         ├── LimitError            the stream exceeds a resource limit (a bomb, or a knob to raise)
         └── MalformedPickleError  (also ValueError) the bytes are not a valid pickle
-            └── TruncatedPickleError  (also EOFError) the stream ends early
+            ├── TruncatedPickleError  (also EOFError) the stream ends early
+            ├── OpcodeTypeError       (also TypeError) an opcode given the wrong kind of object
+            └── OpcodeAttributeError  (also AttributeError) ... one without the method it needs
 
 Code that catches pickle's exceptions keeps working: every load error is a
 ``pickle.UnpicklingError`` and every dump error a ``pickle.PicklingError``.
@@ -93,3 +95,13 @@ class MalformedPickleError(UnpicklingError, ValueError):
 
 class TruncatedPickleError(MalformedPickleError, EOFError):
     """The stream ends before the pickle does.  Also an ``EOFError``, as pickle's is."""
+
+
+class OpcodeTypeError(MalformedPickleError, TypeError):
+    """An opcode applied to the wrong kind of object: REDUCE calling None, or given arguments
+    that are not a tuple.  Also a ``TypeError``, as pickle's is."""
+
+
+class OpcodeAttributeError(MalformedPickleError, AttributeError):
+    """An opcode applied to an object without the method it needs: APPEND onto an int,
+    ADDITEMS onto a tuple.  Also an ``AttributeError``, as pickle's is."""

@@ -27,8 +27,9 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .errors import (LimitError, MalformedPickleError, MasonError, TruncatedPickleError,
-                     UnpicklingError, UnsafeCodeError, UnsafeGlobalError)
+from .errors import (LimitError, MalformedPickleError, MasonError, OpcodeAttributeError,
+                     OpcodeTypeError, TruncatedPickleError, UnpicklingError, UnsafeCodeError,
+                     UnsafeGlobalError)
 from .limits import NEED_LINE, Limits
 from .policy import ITERATING_CONSTRUCTORS, LAZY_ITERABLES, Policy
 
@@ -56,6 +57,10 @@ _MISSING = object()
 _ENGINE_ERRORS = (_pickle.UnpicklingError, ValueError, struct.error, IndexError, KeyError,
                   OverflowError, UnicodeDecodeError)
 _ENGINE_FAILURES = _ENGINE_ERRORS + (EOFError,)
+# Also what the engine raises when a stream's opcodes misuse what they find: REDUCE on a str,
+# APPEND onto an int, a datetime called with a list.  Under a policy these too say the stream
+# is bad; with trusted=True they may come from the caller's own classes, and stay as they are.
+_DIRECT_FAILURES = _ENGINE_FAILURES + (TypeError, AttributeError)
 
 
 def _make_policy(allow, policy, trusted, limits) -> tuple[Policy | None, Limits]:
@@ -322,7 +327,9 @@ class Unpickler(_pickle.Unpickler):
             raise _all_refused(exc, data, self) from None
         except MasonError:
             raise
-        except _ENGINE_FAILURES as exc:
+        except _DIRECT_FAILURES as exc:
+            if self._policy is None and not isinstance(exc, _ENGINE_FAILURES):
+                raise   # trusted: the caller's own classes may raise these
             raise _engine_failure(exc, data, self._limits) from exc
         except MemoryError as exc:
             raise LimitError("the pickle needs more memory than is available") from exc
@@ -505,6 +512,10 @@ def _malformed(exc: BaseException, data, limits: Limits) -> MalformedPickleError
     message = str(exc) or type(exc).__name__
     if isinstance(exc, EOFError) or "truncated" in message:
         return TruncatedPickleError(f"{message}{where}", offset)
+    if isinstance(exc, TypeError):
+        return OpcodeTypeError(f"{message}{where}", offset)
+    if isinstance(exc, AttributeError):
+        return OpcodeAttributeError(f"{message}{where}", offset)
     return MalformedPickleError(f"{message}{where}", offset)
 
 
@@ -612,7 +623,9 @@ def _loads_checked(data, checked, fix_imports, encoding, errors, buffers, allow,
                                  errors=errors, buffers=buffers)
         except MasonError:
             raise   # raised by an allowed callable of mason's, e.g. a signed envelope's
-        except _ENGINE_FAILURES as exc:
+        except _DIRECT_FAILURES as exc:
+            if trusted and not isinstance(exc, _ENGINE_FAILURES):
+                raise
             raise _engine_failure(exc, data, limits) from exc
     if renames or buffers is not None or not fix_imports or encoding != "ASCII" \
             or errors != "strict":
@@ -660,7 +673,7 @@ def loads(data, /, **options):
                 return _pickle_loads(data)
             except MasonError:
                 raise
-            except _ENGINE_FAILURES as exc:
+            except _DIRECT_FAILURES as exc:
                 raise _engine_failure(exc, data, _DEFAULT_LIMITS) from exc
         return _loads_checked(data, checked, True, "ASCII", "strict", None, None, None, False,
                               None, _DEFAULT_LIMITS)

@@ -185,7 +185,44 @@ def _torch_unpickler(options: dict):
         def persistent_load(self, pid):
             return self.storage_for(pid)
 
+        def find_class(self, module, name):
+            # The storages this loader hands out are its own (LoadedStorage), so the storage
+            # classes and the functions that take a storage are always its stand-ins, also
+            # when the policy (trusted=True, allow=) admits torch's own.
+            found = super().find_class(module, name)
+            return _checkpoint_plumbing().get(_identity(found), found)
+
     return TorchUnpickler
+
+
+_PLUMBING: dict = {}
+
+
+def _identity(obj):
+    try:
+        hash(obj)
+    except TypeError:
+        return None
+    return obj
+
+
+def _checkpoint_plumbing() -> dict:
+    """torch's storage classes and storage-taking rebuild functions -> their stand-ins."""
+    if not _PLUMBING:
+        import importlib
+
+        from . import _torch_checks as tc
+        from .presets import TORCH_SUBSTITUTES
+
+        for dotted, stand_in in TORCH_SUBSTITUTES.items():
+            if not (isinstance(stand_in, tc.StorageType)
+                    or stand_in in (tc.rebuild_tensor_v2, tc.rebuild_qtensor)):
+                continue
+            module, _, name = dotted.rpartition(".")
+            real = getattr(importlib.import_module(module), name, None)
+            if real is not None:
+                _PLUMBING[real] = stand_in
+    return _PLUMBING
 
 
 def _storage_pid(pid, legacy: bool):
@@ -207,8 +244,7 @@ def _storage_pid(pid, legacy: bool):
 
 
 def _itemsize(dtype) -> int:
-    import torch
-    return torch.empty((), dtype=dtype).element_size()
+    return dtype.itemsize
 
 
 def _load_torch_zip(fd: int, size: int, entries, mmap: bool, verify, options: dict):
@@ -371,7 +407,7 @@ class _Crc:
 def _load_torch_legacy(file, options: dict):
     import torch
 
-    from ._torch_checks import LoadedStorage
+    from ._torch_checks import LoadedStorage, deferred_sparse_checks
     from .unpickler import load
 
     plain = {k: v for k, v in options.items() if k not in ("policy", "allow", "preset",
@@ -401,7 +437,10 @@ def _load_torch_legacy(file, options: dict):
 
     unpickler = _torch_unpickler(options)(file, **options)
     unpickler.storage_for = storage_for
-    result = unpickler.load()
+    # the storages are filled after the pickle: sparse indices are checked once they are
+    sparse = deferred_sparse_checks()
+    with sparse:
+        result = unpickler.load()
     keys = load(file, **plain)
     if not isinstance(keys, list) or not all(type(k) is str for k in keys) \
             or set(keys) != set(storages) or len(keys) != len(set(keys)):
@@ -420,6 +459,7 @@ def _load_torch_legacy(file, options: dict):
         done = file.readinto(view) if raw.numel() else 0
         if done != raw.numel():
             raise TruncatedPickleError(f"storage {key!r} is truncated")
+    sparse.check()
     return result
 
 

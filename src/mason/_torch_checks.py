@@ -11,6 +11,12 @@ tokens (calling one is refused: a storage class called from a stream would alloc
 files), and the rebuild functions accept only what ``torch.save`` writes: a storage from the
 loader, in-bounds integer geometry, no backward hooks (hooks are callables run later), no
 Python state on the tensor.
+
+Sparse and quantized tensors (``_rebuild_sparse_tensor``, ``_rebuild_qtensor``, which
+``torch.load(weights_only=True)`` also accepts) are rebuilt from checked parts: a quantized
+tensor's storage must come from the loader and its geometry and per-channel parameters fit
+its size; a sparse tensor's indices are validated against its size (torch's own
+invariant checks) before the load returns it.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from .errors import UnsafeGlobalError
 
 __all__ = ["StorageType", "STORAGE_TYPES", "LoadedStorage", "rebuild_tensor_v2",
            "rebuild_parameter", "rebuild_parameter_with_state", "rebuild_from_type_v2",
-           "load_from_bytes"]
+           "load_from_bytes", "rebuild_qtensor", "rebuild_sparse_tensor", "get_layout",
+           "deferred_sparse_checks"]
 
 
 def _refuse(message: str):
@@ -37,7 +44,10 @@ STORAGE_TYPES = {
     "ShortStorage": "int16", "CharStorage": "int8", "ByteStorage": "uint8",
     "BoolStorage": "bool", "UntypedStorage": "uint8",
     "Float8_e4m3fnStorage": "float8_e4m3fn", "Float8_e5m2Storage": "float8_e5m2",
+    # quantized tensors' storages: read only by rebuild_qtensor
+    "QUInt8Storage": "quint8", "QInt8Storage": "qint8", "QInt32Storage": "qint32",
 }
+_QUANTIZED = ("quint8", "qint8", "qint32")
 
 
 class StorageType:
@@ -92,20 +102,42 @@ def _no_hooks(hooks) -> None:
                 "the next backward pass; a checkpoint of weights has none")
 
 
+def _storage_geometry(what: str, storage, storage_offset, size, stride):
+    """Check that a tensor of ``size`` and ``stride`` at ``storage_offset`` stays inside
+    ``storage`` (torch's ``set_`` does not check); returns (size, stride) as tuples."""
+    if not isinstance(storage, LoadedStorage):
+        _refuse(f"torch {what} called with {type(storage).__name__}: only a storage of the "
+                f"checkpoint (a persistent id) is accepted")
+    if type(storage_offset) is not int or storage_offset < 0:
+        _refuse(f"torch {what}: the storage offset must be a non-negative int")
+    size, stride = _ints(size, "size"), _ints(stride, "stride")
+    if len(size) != len(stride) or any(n < 0 for n in size) or any(s < 0 for s in stride):
+        _refuse(f"torch {what}: size and stride must be non-negative, one each per "
+                f"dimension")
+    itemsize = storage.dtype.itemsize
+    nbytes = storage.data.numel()
+    if all(size):
+        last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride))
+        if (last + 1) * itemsize > nbytes:
+            _refuse(f"torch {what}: size {size} and stride {stride} from offset "
+                    f"{storage_offset} reach past the storage {storage.key!r} of "
+                    f"{nbytes // itemsize if itemsize else 0} elements")
+    if nbytes % itemsize:
+        _refuse(f"torch storage {storage.key!r} has {nbytes} bytes, not a whole number of "
+                f"{storage.dtype} elements")
+    return size, stride
+
+
 def rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
                       backward_hooks=None, metadata=None):
     """torch._utils._rebuild_tensor_v2 over a storage the loader resolved."""
     import torch
 
-    if not isinstance(storage, LoadedStorage):
-        _refuse(f"torch _rebuild_tensor_v2 called with {type(storage).__name__}: only a "
-                f"storage of the checkpoint (a persistent id) is accepted")
-    if type(storage_offset) is not int or storage_offset < 0:
-        _refuse("torch _rebuild_tensor_v2: the storage offset must be a non-negative int")
-    size, stride = _ints(size, "size"), _ints(stride, "stride")
-    if len(size) != len(stride) or any(n < 0 for n in size) or any(s < 0 for s in stride):
-        _refuse("torch _rebuild_tensor_v2: size and stride must be non-negative, one each "
-                "per dimension")
+    size, stride = _storage_geometry("_rebuild_tensor_v2", storage, storage_offset, size,
+                                     stride)
+    if storage.dtype is not None and str(storage.dtype).rpartition(".")[2] in _QUANTIZED:
+        _refuse(f"torch _rebuild_tensor_v2 over the quantized storage {storage.key!r}: "
+                f"quantized tensors are rebuilt by _rebuild_qtensor")
     if type(requires_grad) is not bool:
         _refuse("torch _rebuild_tensor_v2: requires_grad must be a bool")
     _no_hooks(backward_hooks)
@@ -113,24 +145,9 @@ def rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False
         _refuse("torch _rebuild_tensor_v2 with tensor metadata (conjugate / negative bits) "
                 "is not supported by the preset")
     dtype = storage.dtype
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    nbytes = storage.data.numel()
-    count = 1
-    for n in size:
-        count *= n
-    if count:
-        last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride))
-        if (last + 1) * itemsize > nbytes:
-            _refuse(f"torch _rebuild_tensor_v2: size {size} and stride {stride} from "
-                    f"offset {storage_offset} reach past the storage {storage.key!r} of "
-                    f"{nbytes // itemsize if itemsize else 0} elements")
-    typed = storage.data.view(dtype) if nbytes % itemsize == 0 else None
-    if typed is None:
-        _refuse(f"torch storage {storage.key!r} has {nbytes} bytes, not a whole number of "
-                f"{dtype} elements")
     tensor = torch.empty((0,), dtype=dtype)
-    if count or nbytes:
-        tensor.set_(typed.untyped_storage(), storage_offset, size, stride)
+    if all(size) or storage.data.numel():
+        tensor.set_(storage.data.view(dtype).untyped_storage(), storage_offset, size, stride)
     else:
         tensor = torch.empty(size, dtype=dtype)
     if requires_grad:
@@ -209,3 +226,162 @@ def load_from_bytes(data):
 
 
 load_from_bytes.__name__ = load_from_bytes.__qualname__ = "_load_from_bytes"
+
+
+# --- quantized and sparse tensors ----------------------------------------------------------
+
+def rebuild_qtensor(storage, storage_offset, size, stride, quantizer_params,
+                    requires_grad=False, backward_hooks=None):
+    """torch._utils._rebuild_qtensor over a quantized storage the loader resolved, with a
+    per-tensor or per-channel affine quantizer whose parameters fit the tensor."""
+    import torch
+
+    what = "_rebuild_qtensor"
+    size, stride = _storage_geometry(what, storage, storage_offset, size, stride)
+    if str(storage.dtype).rpartition(".")[2] not in _QUANTIZED:
+        _refuse(f"torch {what} over a storage of {storage.dtype}, not a quantized one")
+    if requires_grad is not False:
+        _refuse(f"torch {what}: quantized tensors do not require grad")
+    _no_hooks(backward_hooks)
+    if not isinstance(quantizer_params, tuple) or not quantizer_params:
+        _refuse(f"torch {what}: the quantizer parameters must be a tuple")
+    scheme = quantizer_params[0]
+    if scheme is torch.per_tensor_affine and len(quantizer_params) == 3:
+        _, scale, zero_point = quantizer_params
+        if type(scale) not in (float, int) or type(zero_point) is not int:
+            _refuse(f"torch {what}: per-tensor scale and zero point must be numbers")
+        tensor = torch._empty_affine_quantized(size, scale=scale, zero_point=zero_point,
+                                               dtype=storage.dtype)
+    elif scheme in (torch.per_channel_affine, torch.per_channel_affine_float_qparams) \
+            and len(quantizer_params) == 4:
+        _, scales, zero_points, axis = quantizer_params
+        if type(axis) is not int or not 0 <= axis < len(size):
+            _refuse(f"torch {what}: per-channel axis {axis!r:.20} is not a dimension of a "
+                    f"tensor of size {size}")
+        floats = scheme is torch.per_channel_affine_float_qparams
+        scales = _channel_values(what, scales, size[axis], torch.float if floats
+                                 else torch.double)
+        zero_points = _channel_values(what, zero_points, size[axis], torch.float if floats
+                                      else torch.long)
+        tensor = torch._empty_per_channel_affine_quantized(
+            size, scales=scales, zero_points=zero_points, axis=axis, dtype=storage.dtype)
+    else:
+        _refuse(f"torch {what}: quantizer {scheme!r:.40} is not an affine quantizer with "
+                f"its parameters")
+    tensor.set_(storage.data.untyped_storage(), storage_offset, size, stride)
+    return tensor
+
+
+rebuild_qtensor.__name__ = rebuild_qtensor.__qualname__ = "_rebuild_qtensor"
+
+
+def _channel_values(what: str, values, count: int, dtype):
+    """Per-channel scales or zero points: a list of numbers or a 1-d tensor, one per
+    channel (torch's constructor does not check the count)."""
+    import torch
+
+    if type(values) is list and all(type(v) in (int, float) for v in values):
+        values = torch.tensor(values, dtype=dtype)
+    if type(values) is not torch.Tensor or values.dim() != 1 or values.numel() != count:
+        _refuse(f"torch {what}: per-channel parameters must be {count} values, one per "
+                f"channel")
+    return values
+
+
+_SPARSE_LAYOUTS = ("sparse_coo", "sparse_csr", "sparse_csc", "sparse_bsr", "sparse_bsc")
+
+
+def get_layout(name):
+    """torch.serialization._get_layout: a layout by its name (``"torch.sparse_coo"``)."""
+    import torch
+
+    layouts = ("strided",) + _SPARSE_LAYOUTS
+    if type(name) is not str or name.partition(".")[2] not in layouts \
+            or not name.startswith("torch."):
+        _refuse(f"torch _get_layout: {name!r:.40} is not a tensor layout")
+    return getattr(torch, name.partition(".")[2])
+
+
+get_layout.__name__ = get_layout.__qualname__ = "_get_layout"
+
+
+_deferred = threading.local()
+
+
+class deferred_sparse_checks:
+    """``with deferred_sparse_checks():`` around a load whose storages are filled after the
+    pickle runs (the legacy checkpoint format): sparse tensors built inside are validated
+    by ``check()`` once their indices hold the file's values, not when they are built."""
+
+    def __enter__(self):
+        self.outer = getattr(_deferred, "pending", None)
+        self.pending = _deferred.pending = []
+        return self
+
+    def check(self) -> None:
+        for tensor in self.pending:
+            _validate_sparse(tensor)
+        self.pending.clear()
+
+    def __exit__(self, *exc):
+        _deferred.pending = self.outer
+
+
+def rebuild_sparse_tensor(layout, data):
+    """torch._utils._rebuild_sparse_tensor, whose indices are validated against the
+    tensor's size (torch builds sparse tensors without checking them: an index past the
+    size would address memory outside the values)."""
+    import torch
+
+    what = "_rebuild_sparse_tensor"
+    if not isinstance(data, tuple) or not all(
+            type(part) is torch.Tensor and part.layout is torch.strided
+            for part in data if not isinstance(part, (tuple, bool, type(None)))):
+        _refuse(f"torch {what}: the parts of a sparse tensor must be dense tensors")
+    if layout is torch.sparse_coo and len(data) in (3, 4):
+        indices, values, size = data[:3]
+        coalesced = data[3] if len(data) == 4 else None
+        if type(coalesced) not in (bool, type(None)):
+            _refuse(f"torch {what}: is_coalesced must be a bool")
+        tensor = torch.sparse_coo_tensor(indices, values, _ints(size, "size"),
+                                         check_invariants=False, is_coalesced=coalesced)
+    elif layout in tuple(getattr(torch, name) for name in _SPARSE_LAYOUTS[1:]) \
+            and len(data) == 4:
+        compressed, plain, values, size = data
+        tensor = torch.sparse_compressed_tensor(compressed, plain, values,
+                                                _ints(size, "size"), layout=layout,
+                                                check_invariants=False)
+    else:
+        _refuse(f"torch {what}: layout {layout!r:.30} with {len(data)} parts is not a sparse "
+                f"tensor torch writes")
+    pending = getattr(_deferred, "pending", None)
+    if pending is not None:
+        pending.append(tensor)
+    else:
+        _validate_sparse(tensor)
+    return tensor
+
+
+rebuild_sparse_tensor.__name__ = rebuild_sparse_tensor.__qualname__ = \
+    "_rebuild_sparse_tensor"
+
+
+def _validate_sparse(tensor) -> None:
+    """torch's own invariant checks, as torch.load runs them on the sparse tensors it
+    loaded: indices inside the size, compressed indices sorted and consistent."""
+    import torch
+
+    try:
+        if tensor.layout is torch.sparse_coo:
+            torch._validate_sparse_coo_tensor_args(tensor._indices(), tensor._values(),
+                                                   tensor.size(), tensor.is_coalesced())
+        else:
+            if tensor.layout in (torch.sparse_csr, torch.sparse_bsr):
+                compressed, plain = tensor.crow_indices(), tensor.col_indices()
+            else:
+                compressed, plain = tensor.ccol_indices(), tensor.row_indices()
+            torch._validate_sparse_compressed_tensor_args(compressed, plain, tensor.values(),
+                                                          tensor.size(), tensor.layout)
+    except (RuntimeError, ValueError, IndexError) as exc:
+        _refuse(f"torch sparse tensor of size {tuple(tensor.size())} whose indices do not "
+                f"fit it: {str(exc)[:200]}")

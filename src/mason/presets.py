@@ -93,6 +93,9 @@ TORCH_SUBSTITUTES = {
     "torch._utils._rebuild_parameter_with_state": tc.rebuild_parameter_with_state,
     "torch._tensor._rebuild_from_type_v2": tc.rebuild_from_type_v2,
     "torch.storage._load_from_bytes": tc.load_from_bytes,
+    "torch._utils._rebuild_qtensor": tc.rebuild_qtensor,
+    "torch._utils._rebuild_sparse_tensor": tc.rebuild_sparse_tensor,
+    "torch.serialization._get_layout": tc.get_layout,
     **{f"torch.{name}": tc.StorageType(name, dtype)
        for name, dtype in tc.STORAGE_TYPES.items()},
 }
@@ -107,6 +110,10 @@ TORCH_NAMES = (
         "cfloat", "cdouble")),
     "torch.device", "torch.Size", "torch.strided", "torch.contiguous_format",
     "torch.channels_last", "torch.preserve_format",
+    # layouts and quantization schemes are values too (sparse and quantized tensors)
+    "torch.sparse_coo", "torch.sparse_csr", "torch.sparse_csc", "torch.sparse_bsr",
+    "torch.sparse_bsc", "torch.per_tensor_affine", "torch.per_channel_affine",
+    "torch.per_channel_affine_float_qparams",
     # mason's own out-of-band tensors (mason.arrays): the rebuilds check what they are given
     "mason.arrays.rebuild_tensor", "mason.arrays.rebuild_storage",
     "mason.arrays.rebuild_tensor_view",

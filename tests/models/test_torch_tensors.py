@@ -169,3 +169,130 @@ def test_tensors_of_the_earlier_layout_still_load():
 
     got = mason.loads(pickle.dumps(Old(), 5), preset="torch")
     assert torch.equal(got, torch.arange(6, dtype=torch.int32).view(2, 3))
+
+
+# --- sparse and quantized tensors ------------------------------------------------------------
+
+def _special():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # beta layouts, deprecated quantization: still used
+        dense = torch.randn(6, 4)
+        dense[dense < 0.3] = 0
+        return {
+            "coo": dense.to_sparse(),
+            "coo uncoalesced": torch.sparse_coo_tensor(torch.tensor([[0, 0, 3]]),
+                                                       torch.tensor([1.0, 2.0, 3.0]), (5,)),
+            "csr": dense.to_sparse_csr(),
+            "csc": dense.to_sparse_csc(),
+            "bsr": dense.to_sparse_bsr((2, 2)),
+            "bsc": dense.to_sparse_bsc((2, 2)),
+            "per tensor": torch.quantize_per_tensor(dense, 0.05, 10, torch.quint8),
+            "per channel": torch.quantize_per_channel(
+                dense, torch.rand(6, dtype=torch.double) + 0.1, torch.zeros(6).long(), 0,
+                torch.qint8),
+            "float qparams": torch.quantize_per_channel(
+                dense, torch.rand(4) + 0.1, torch.rand(4), 1, torch.quint8),
+            "qint32": torch.quantize_per_tensor(dense, 0.01, 0, torch.qint32),
+        }
+
+
+def _check_special(got, want):
+    assert got.layout == want.layout and got.dtype == want.dtype and got.shape == want.shape
+    if want.is_quantized:
+        assert got.qscheme() == want.qscheme()
+        assert torch.equal(got.int_repr(), want.int_repr())
+        assert torch.equal(got.dequantize(), want.dequantize())
+    else:
+        assert torch.equal(got.to_dense(), want.to_dense())
+
+
+WAYS = ["container", "container mmap", "torch.save", "torch.save mmap", "torch.save legacy",
+        "pickle", "mason.dumps", "buffer_callback"]
+
+
+def _through(way, obj, tmp_path):
+    if way.startswith("container"):
+        path = tmp_path / "special.mason"
+        mason.dump(obj, path)
+        return mason.load(path, mmap=way.endswith("mmap"), preset="torch")
+    if way.startswith("torch.save"):
+        path = tmp_path / "special.pt"
+        torch.save(obj, path, _use_new_zipfile_serialization=not way.endswith("legacy"))
+        return mason.load(path, mmap=way.endswith("mmap"))
+    if way == "pickle":
+        return mason.loads(pickle.dumps(obj, 4), preset="torch")
+    if way == "mason.dumps":
+        return mason.loads(mason.dumps(obj), preset="torch")
+    buffers = []
+    data = mason.dumps(obj, buffer_callback=buffers.append)
+    return mason.loads(data, buffers=buffers, preset="torch")
+
+
+@pytest.mark.parametrize("way", WAYS)
+@pytest.mark.parametrize("name", list(_special()))
+def test_sparse_and_quantized_tensors_round_trip_under_the_preset(tmp_path, name, way):
+    want = _special()[name]
+    got = _through(way, {"t": want}, tmp_path)["t"]
+    _check_special(got, want)
+
+
+def test_sparse_and_quantized_in_a_trusted_load_of_a_checkpoint(tmp_path):
+    tensors = {**_special(), "dense": torch.arange(5.0)}
+    path = tmp_path / "all.pt"
+    torch.save(tensors, path)
+    got = mason.load(path, trusted=True)   # torch's own rebuilds, mason's storages
+    for name, want in tensors.items():
+        _check_special(got[name], want)
+
+
+def _forged_sparse():
+    return torch.sparse_coo_tensor(torch.tensor([[0, 1000]]), torch.tensor([1.0, 2.0]),
+                                   (3,), check_invariants=False)
+
+
+@pytest.mark.parametrize("way", ["pickle", "torch.save", "torch.save legacy", "container"])
+def test_sparse_indices_outside_the_size_are_refused(tmp_path, way):
+    # torch builds sparse tensors unchecked; an index past the size addresses memory
+    # outside the values on the first use
+    with pytest.raises(UnsafeGlobalError, match="sparse tensor"):
+        _through(way, {"t": _forged_sparse()}, tmp_path)
+
+
+class _ForgedQuantized:
+    """A quantized tensor whose parameters do not fit it, in torch's own reduction."""
+
+    def __init__(self, size, params, offset=0):
+        self.size, self.params, self.offset = size, params, offset
+
+    def __reduce__(self):
+        from collections import OrderedDict
+        storage = torch.quantize_per_tensor(torch.zeros(16), 1.0, 0,
+                                            torch.quint8).untyped_storage()
+        typed = torch.storage.TypedStorage(wrap_storage=storage, dtype=torch.quint8,
+                                           _internal=True)
+        stride = tuple(int(torch.tensor(self.size[i + 1:]).prod()) for i in
+                       range(len(self.size)))
+        return torch._utils._rebuild_qtensor, (typed, self.offset, self.size, stride,
+                                               self.params, False, OrderedDict())
+
+
+@pytest.mark.parametrize("forged, match", [
+    (_ForgedQuantized((4, 4), (torch.per_tensor_affine, 1.0, 0), offset=8), "reach past"),
+    (_ForgedQuantized((8, 8), (torch.per_tensor_affine, 1.0, 0)), "reach past"),
+    (_ForgedQuantized((4, 4), (torch.per_channel_affine, torch.ones(3, dtype=torch.double),
+                               torch.zeros(3).long(), 0)), "one per channel"),
+    (_ForgedQuantized((4, 4), (torch.per_channel_affine, torch.ones(4, dtype=torch.double),
+                               torch.zeros(4).long(), 2)), "axis"),
+])
+def test_quantized_tensors_that_do_not_fit_are_refused(forged, match):
+    data = pickle.dumps(forged, 4)
+    with pytest.raises(UnsafeGlobalError, match=match):
+        mason.loads(data, preset="torch")
+
+
+def test_a_trusted_load_of_a_torch_checkpoint(tmp_path):
+    path = tmp_path / "plain.pt"
+    base = torch.arange(6.0)
+    torch.save({"a": base, "b": base[2:]}, path)
+    got = mason.load(path, trusted=True)
+    assert torch.equal(got["b"], base[2:]) and _same_storage(got["a"], got["b"])

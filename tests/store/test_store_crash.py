@@ -17,7 +17,7 @@ from store_helpers import python_env
 
 # Each committed step prints its number after the commit returned.  Steps alternate between
 # single puts, transactions of five keys (all or nothing) and values with out-of-band buffers
-# (a value row plus buffer rows, which must never be seen apart).
+# (a row plus its extent in the values file, which must never be seen apart).
 WRITER = r"""
 import sys
 from pickle import PickleBuffer
@@ -79,8 +79,15 @@ def test_sigkill_loses_only_uncommitted_work(sqlite_path):
         # The store reopens clean after every kill, and everything committed is intact.
         conn = sqlite3.connect(sqlite_path)
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-        # the out-of-band path is exercised: buffer rows exist beside the value rows
-        assert conn.execute('SELECT count(*) FROM "store_default_buffers"').fetchone()[0] > 0
+        # the values file is exercised, and no two live or free extents overlap (a write
+        # killed before its commit left its extent free, not half-owned)
+        extents = conn.execute('SELECT ext, size FROM "store_default" WHERE ext IS NOT NULL '
+                               'UNION ALL SELECT off, len FROM mason_free ORDER BY 1').fetchall()
+        assert sum(1 for _ in conn.execute('SELECT 1 FROM "store_default" '
+                                           'WHERE ext IS NOT NULL')) > 0
+        end = conn.execute("SELECT end FROM mason_space").fetchone()[0]
+        assert all(a + n <= b for (a, n), (b, _) in zip(extents, extents[1:]))
+        assert extents[-1][0] + extents[-1][1] <= end
         conn.close()
         with Store(sqlite_path) as store:
             for i in done:
@@ -100,7 +107,7 @@ def test_sigkill_loses_only_uncommitted_work(sqlite_path):
             found = {key[1] for key in store if key[0] in ("group", "single")}
             assert set(committed) <= found
             assert len(found - set(committed)) <= round_ + 1
-            # Every value with buffers has all of them: no row without its buffer rows.
+            # Every value with buffers has all of them: no row without its extent.
             for key, value in store.items():
                 assert value == expected(key[1], key[2] if key[0] == "group" else 0)
     with Store(sqlite_path) as store:

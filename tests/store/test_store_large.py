@@ -1,10 +1,12 @@
-"""Large values: out-of-band buffers go to their own rows (SQLite) or frame (Redis), never
-into the pickle stream, and come back with their writability."""
+"""Large values: out-of-band buffers and large pickles go to the values file beside the
+SQLite database (or a frame on Redis), never into the pickle stream, and come back with their
+writability; their space is reused."""
 
 from __future__ import annotations
 
 import pickle
 import sqlite3
+import struct
 
 import numpy
 import pytest
@@ -20,14 +22,22 @@ NUMPY = ["numpy._core.numeric._frombuffer", "numpy.core.numeric._frombuffer", "n
 
 
 def _rows(path):
+    """``({key: (pickle length, buffer lengths, extent)}, free extents)`` of a store."""
     conn = sqlite3.connect(path)
     try:
-        main = conn.execute('SELECT key, length(value), nbuf FROM "store_default"').fetchall()
-        bufs = conn.execute('SELECT key, idx, readonly, length(data) FROM '
-                            '"store_default_buffers" ORDER BY key, idx').fetchall()
+        main = conn.execute('SELECT key, value, ext, size, nbuf FROM "store_default"').fetchall()
+        free = conn.execute("SELECT off, len FROM mason_free ORDER BY off").fetchall()
     finally:
         conn.close()
-    return {k: (n, b) for k, n, b in main}, bufs
+    rows = {}
+    for key, value, ext, size, nbuf in main:
+        if ext is None:
+            rows[key] = (len(value), [], None)
+        else:
+            lengths = [n >> 1 for (n,) in struct.iter_unpack("<Q", value)]
+            assert len(lengths) == nbuf + 1
+            rows[key] = (lengths[0], lengths[1:], (ext, size))
+    return rows, free
 
 
 def test_numpy_arrays_go_out_of_band(sqlite_path):
@@ -43,11 +53,36 @@ def test_numpy_arrays_go_out_of_band(sqlite_path):
         assert got["a"].flags.writeable and got["b"].flags.writeable
         got["a"][0] = -1.0  # a writable copy of its own, not a view of the store's memory
         assert store["arrays"]["a"][0] == 0.0
-    main, bufs = _rows(sqlite_path)
-    length, nbuf = main[encode_key("arrays")]
-    assert nbuf == 2
+    rows, _ = _rows(sqlite_path)
+    length, buffers, extent = rows[encode_key("arrays")]
+    assert buffers == [a.nbytes, b.nbytes] and extent is not None
     assert length < 2_000, "the arrays' bytes were copied into the pickle stream"
-    assert [(idx, ro, n) for _, idx, ro, n in bufs] == [(0, 0, a.nbytes), (1, 0, b.nbytes)]
+
+
+def test_small_values_stay_in_their_rows(sqlite_path):
+    with Store(sqlite_path) as store:
+        store["small"] = {"x": list(range(100))}
+        store["big"] = list(range(10_000))  # a pickle over 16 KiB: the values file
+        assert store["big"] == list(range(10_000))
+    rows, _ = _rows(sqlite_path)
+    assert rows[encode_key("small")][2] is None
+    assert rows[encode_key("big")][2] is not None
+
+
+def test_a_read_does_not_share_memory_with_the_store(sqlite_path):
+    """A value read is the reader's: a later put (which may reuse the extent) cannot change
+    it, read-only buffers included."""
+    ro = numpy.arange(50_000, dtype=numpy.int64)
+    ro.flags.writeable = False
+    with Store(sqlite_path, allow=NUMPY) as store:
+        store["ro"] = ro
+        store["b"] = b"1" * 100_000
+        got_ro, got_b = store["ro"], store["b"]
+        for _ in range(3):  # overwrites that reuse the freed extents
+            store["ro"] = numpy.zeros(50_000, dtype=numpy.int64)
+            store["b"] = b"2" * 100_000
+        assert numpy.array_equal(got_ro, ro) and not got_ro.flags.writeable
+        assert got_b == b"1" * 100_000
 
 
 def test_readonly_arrays_stay_readonly(location):
@@ -77,24 +112,72 @@ def test_pickle_buffers_without_numpy(location):
         assert got["tiny"] == bytearray(b"abc")
 
 
-def test_buffers_follow_their_value(sqlite_path):
+def _live(path):
+    return sorted(extent for _, _, extent in _rows(path)[0].values() if extent)
+
+
+def _no_overlap(path):
+    rows, free = _rows(path)
+    extents = sorted([e for _, _, e in rows.values() if e] + free)
+    assert all(a + n <= b for (a, n), (b, _) in zip(extents, extents[1:])), extents
+
+
+def test_extents_follow_their_value(sqlite_path):
     big = pickle.PickleBuffer(bytearray(OOB_MIN * 2))
     with Store(sqlite_path) as store:
         store["k"] = [big, big]
-        assert len(_rows(sqlite_path)[1]) == 2
-        store["k"] = [big]                  # replaced: the old buffers go
-        assert len(_rows(sqlite_path)[1]) == 1
-        store["k"] = "small now"            # no buffers at all
-        assert _rows(sqlite_path)[1] == []
+        assert len(_live(sqlite_path)) == 1
+        first = _live(sqlite_path)[0]
+        store["k"] = [big]                  # replaced: the old extent is free again
+        assert _rows(sqlite_path)[1] == [first] or first in _rows(sqlite_path)[1]
+        store["k"] = "small now"            # no extent at all
+        assert _live(sqlite_path) == []
         store.update({"a": big, "b": [big, big]})
-        assert len(_rows(sqlite_path)[1]) == 3
+        assert len(_live(sqlite_path)) == 2
         del store["a"]
-        assert len(_rows(sqlite_path)[1]) == 2
+        assert len(_live(sqlite_path)) == 1
         assert store.pop("b") == [bytearray(OOB_MIN * 2)] * 2
-        assert _rows(sqlite_path)[1] == []
+        assert _live(sqlite_path) == []
         store.update({"c": big, "d": big})
         store.clear()
-        assert _rows(sqlite_path) == ({}, [])
+        assert _rows(sqlite_path)[0] == {}
+        _no_overlap(sqlite_path)
+
+
+def test_overwrites_reuse_the_values_file(sqlite_path):
+    """Overwriting values of the same size, one at a time or in transactions, keeps the values
+    file at a bounded size: extents are reused, never two live values in one."""
+    import os
+
+    blobs = [bytes([i]) * 100_000 for i in range(3)]
+    with Store(sqlite_path) as store:
+        for round_ in range(30):
+            if round_ % 3 == 2:
+                with store.transaction():
+                    for i in range(10):
+                        store[i] = blobs[(i + round_) % 3]
+            else:
+                for i in range(10):
+                    store[i] = blobs[(i + round_) % 3]
+            _no_overlap(sqlite_path)
+            assert all(store[i] == blobs[(i + round_) % 3] for i in range(10))
+    # 10 live values of 25 pages; a transaction cannot reuse what it frees itself, and the
+    # one after it cannot reuse what that one freed: at most about three times the live size.
+    assert os.path.getsize(sqlite_path + "-values") <= 3 * 10 * 102_400
+
+
+def test_free_space_is_merged_and_reused_for_larger_values(sqlite_path):
+    import os
+
+    with Store(sqlite_path) as store:
+        for i in range(8):
+            store[i] = bytes(20_000)
+        for i in range(8):
+            del store[i]
+        store["large"] = bytes(150_000)  # fits only in the merged free space
+        assert store["large"] == bytes(150_000)
+        _no_overlap(sqlite_path)
+    assert os.path.getsize(sqlite_path + "-values") <= 8 * 24_576
 
 
 def test_buffers_roll_back_with_their_value(location):

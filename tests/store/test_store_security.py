@@ -6,6 +6,7 @@ that stdlib ``pickle.loads`` of the very same bytes does create it.
 
 from __future__ import annotations
 
+import os
 import pickle
 import sqlite3
 import struct
@@ -139,17 +140,70 @@ def test_resource_bombs_are_refused(tmp_path):
             store["bomb"]
 
 
-def test_damaged_buffers_are_reported(tmp_path):
+def _plant_values_file(path: str, key, data: bytes) -> None:
+    """Write ``data`` as the pickle of ``key``'s extent in the values file, with the nonces
+    its row expects, and make the row describe it: what someone who can write both files
+    would do."""
+    conn = sqlite3.connect(path)
+    ext, size, nonce = conn.execute('SELECT ext, size, nonce FROM "store_default" WHERE key = ?',
+                                    (encode_key(key),)).fetchone()
+    assert len(data) + 16 <= size
+    tag = struct.pack("<Q", nonce)
+    with open(path + "-values", "r+b") as f:
+        f.seek(ext)
+        f.write(tag + data + tag)
+    with conn:
+        conn.execute('UPDATE "store_default" SET value = ?, nbuf = 0 WHERE key = ?',
+                     (struct.pack("<Q", len(data) << 1), encode_key(key)))
+    conn.close()
+
+
+def test_planted_values_file_bytes_are_refused(tmp_path):
+    path = str(tmp_path / "store.db")
+    for name, data, marker in payloads(tmp_path):
+        with Store(path) as store:
+            store[name] = b"innocent and large" * 2000  # in the values file, not the row
+            store["neighbour"] = pickle.PickleBuffer(bytearray(50_000))
+        _plant_values_file(path, name, data)
+        with Store(path) as store:
+            _assert_refused_everywhere(store, name)
+            assert store["neighbour"] == bytearray(50_000)
+            del store[name]
+        assert not marker.exists(), f"{name}: the payload ran"
+        pickle.loads(data)  # the control: stdlib pickle runs it
+        assert marker.exists(), f"{name}: the control did not create its marker"
+
+
+def test_damaged_values_file_is_reported(tmp_path):
     path = str(tmp_path / "store.db")
     with Store(path) as store:
         store["big"] = pickle.PickleBuffer(bytearray(100_000))  # out of band
-    conn = sqlite3.connect(path)
-    with conn:
-        conn.execute('DELETE FROM "store_default_buffers"')  # the trigger does not run here
-    conn.close()
+        store["bytes"] = bytes(100_000)                         # a large pickle
+    with open(path + "-values", "r+b") as f:
+        f.write(b"\xff" * 8)  # the first extent's leading nonce
     with Store(path) as store:
+        damaged = []
+        for key in ("big", "bytes"):
+            try:
+                store[key]
+            except mason.store.StoreError as exc:
+                assert "damaged" in str(exc)
+                damaged.append(key)
+        assert len(damaged) == 1  # the other value is intact
+    os.truncate(path + "-values", 4096)  # both values lose their bytes
+    with Store(path) as store:
+        for key in ("big", "bytes"):
+            with pytest.raises(mason.store.StoreError, match="damaged"):
+                store[key]
         with pytest.raises(mason.store.StoreError, match="damaged"):
-            store["big"]
+            list(store.items())
+
+
+def test_values_file_must_be_a_regular_file(tmp_path):
+    path = str(tmp_path / "store.db")
+    os.mkfifo(path + "-values")  # opening it must neither block nor succeed
+    with pytest.raises(mason.store.StoreError, match="not a regular file"):
+        Store(path)
 
 
 @pytest.mark.parametrize("planted", ["a text value", 12345, 1.5, b""])

@@ -16,28 +16,62 @@ the *machine* (power loss, kernel panic) may lose the last transactions before t
 checkpoint, and never corrupts the file.  ``synchronous="FULL"`` fsyncs the WAL on every
 commit, for machine-crash durability, at the price of one fsync per write.
 
+Checkpoints (copying the WAL back into the database, with two fsyncs) run on a thread of the
+store's own, woken every ``_CHECKPOINT_EVERY`` writes, instead of inside whichever write
+happens to cross SQLite's threshold: a write then costs its own commit and nothing more.  The
+writers' connections keep SQLite's automatic checkpoint as a backstop, at a higher threshold.
+
 Layout (``name`` defaults to "default"; one file can hold several stores)::
 
-    store_<name>          key BLOB PRIMARY KEY, nbuf INTEGER, value BLOB
-    store_<name>_buffers  key, idx, readonly, data     -- out-of-band buffers, nbuf per key
-    mason_meta            name TEXT PRIMARY KEY, value -- format version
+    store_<name>   key BLOB PRIMARY KEY, ext, size, nonce, nbuf, value
+    mason_free     len, off, epoch  -- free extents of the values file
+    mason_space    end, epoch       -- the values file's used length; see below
+    mason_meta     name TEXT PRIMARY KEY, value -- format version
 
-Both are rowid tables (a WITHOUT ROWID table keeps large rows in its index pages, and was
-three to four times slower on 100 KB values), and ``value`` / ``data`` come last in their rows,
-so reading ``nbuf`` never walks a large value's overflow pages.  Reads go through a memory
-map of the file (``mmap_size``), which saves a system call per page of a large value.
+Large values live beside the database.  A value whose pickle is under ``INLINE_MAX`` bytes
+and has no out-of-band buffer is the row's ``value``.  Any other goes to the values file
+(``<path>-values``): one extent, page-aligned, holding ``nonce | pickle | buffers... | nonce``,
+written with one ``pwritev`` straight from the pickle and the buffers' own memory; the row
+keeps its offset (``ext``), allocated length (``size``), the ``nonce`` and, in ``value``, the
+lengths of the pickle and of each buffer.  Why not rows: SQLite writes a large value twice
+(to the WAL, then at the checkpoint) and frees and reallocates its overflow pages on every
+overwrite, about ten times the cost of writing it once into file pages that already exist.
 
-A key's buffers are written in the same transaction as its row, overwriting the old ones in
-place; triggers delete the buffers a row no longer has (fewer buffers, or the row deleted)
-inside the same statement, so a value and its buffers can never disagree.
+Extents are reused, so that an overwrite writes into pages the file (and the page cache)
+already has, instead of growing the file:
+
+* The extent is allocated and written *before* the row that points to it commits, inside the
+  same write transaction: a crash before the commit rolls the allocation back (the extent is
+  free again, whatever it holds); after, the row and its bytes are both there.  No committed
+  extent is ever written to.
+* Triggers put an extent back in ``mason_free`` when its row is overwritten or deleted, in the
+  same statement.  An extent freed by the current transaction must not be reused by it (other
+  readers still see the committed row that points to it): a transaction that writes several
+  values stamps what it frees with a new ``epoch`` and allocates only from older ones.
+* A reader reads the row, then the extent, then checks that the row still has the same nonce:
+  an extent is reused only after the commit that freed it, so if the row is unchanged after
+  the read, the bytes read were the value's.  (Inside its own write transaction a thread needs
+  no check: nobody else can write.)  The nonce at both ends of the extent catches a values file
+  that lost writes (a power loss under ``synchronous=NORMAL``, which does not fsync it) or that
+  something else wrote: the read fails with ``StoreError`` instead of returning other bytes.
+* Free extents are best fit, split when larger than needed, and merged with their neighbours
+  when the file would otherwise grow.  The file does not shrink.
+
+Under ``synchronous="FULL"`` the values file is fsynced before the row commits.
+
+The file is only bytes to the loader: every pickle read from it is loaded under the store's
+policy like any other.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import random
 import re
 import sqlite3
+import stat
+import struct
 import sys
 import threading
 import time
@@ -48,11 +82,18 @@ from typing import Iterator
 from ._fs import is_network_fs
 from .errors import NetworkFilesystemError, StoreBusyError, StoreError
 
-__all__ = ["SQLiteBackend"]
+__all__ = ["SQLiteBackend", "INLINE_MAX"]
 
-FORMAT = 1
+FORMAT = 2
 _PAGE = 512  # rows per page when iterating
 _MMAP_SIZE = 1 << 30 if sys.maxsize > 2 ** 32 else 0  # address space, not memory
+INLINE_MAX = 16 * 1024  # a pickle this long, or with buffers, goes to the values file
+_ALIGN = 4096  # extents are whole pages: an overwrite never reads a page it half-covers
+_CHECKPOINT_EVERY = 512  # writes between two wakes of the checkpoint thread
+_AUTOCHECKPOINT = 10_000  # the writers' own checkpoint, in WAL pages: a backstop only
+_NONCE = struct.Struct("<Q")
+_LENGTHS = struct.Struct("<Q")  # the pickle's length, then each buffer's (low bit: writable)
+_NO_EPOCH = 1 << 62  # allocate from any free extent
 
 # SQLite primary result codes that mean "someone else holds a lock: try again later".
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
@@ -82,15 +123,17 @@ def _is_busy(exc: BaseException) -> bool:
 
 
 class _Holder:
-    """A thread's connection; when the thread ends, its thread-local holder is collected and
-    the connection closed (sqlite3.Connection itself takes no weak references)."""
+    """A thread's connection and cursor; when the thread ends, its thread-local holder is
+    collected and the connection closed (sqlite3.Connection takes no weak references)."""
 
-    __slots__ = ("conn", "generation", "depth", "__weakref__")
+    __slots__ = ("conn", "cur", "generation", "depth", "epoch", "__weakref__")
 
     def __init__(self, conn, generation):
         self.conn = conn
+        self.cur = conn.cursor()  # one cursor reused: conn.execute makes one per call
         self.generation = generation
         self.depth = 0  # transaction nesting: 0 outside, 1 in BEGIN, n > 1 in savepoints
+        self.epoch = None  # the open transaction's epoch, once it wrote a large value
 
 
 def _close_quietly(conns: dict, key: int) -> None:
@@ -107,6 +150,151 @@ def _close_quietly(conns: dict, key: int) -> None:
         conn.close()
     except Exception:
         pass
+
+
+# -- the values file ---------------------------------------------------------------------------
+
+_IOV = 512  # parts per system call, under every platform's IOV_MAX
+_fdatasync = getattr(os, "fdatasync", os.fsync)
+
+if hasattr(os, "pwritev"):
+    def _pwritev(fd: int, parts: list, offset: int) -> None:
+        for i in range(0, len(parts), _IOV):
+            chunk = parts[i:i + _IOV]
+            total = sum(memoryview(p).nbytes for p in chunk)
+            done = os.pwritev(fd, chunk, offset)
+            if done < total:  # a short write: finish it (a full disk raises on the way)
+                rest = memoryview(b"".join(chunk))[done:]
+                while rest:
+                    n = os.pwrite(fd, rest, offset + done)
+                    rest, done = rest[n:], done + n
+            offset += total
+
+    def _preadv(fd: int, parts: list, offset: int) -> int:
+        done = 0
+        for i in range(0, len(parts), _IOV):
+            chunk = parts[i:i + _IOV]
+            n = os.preadv(fd, chunk, offset + done)
+            done += n
+            if n < sum(len(p) for p in chunk):
+                break  # end of file: the caller sees the short count
+        return done
+
+    _pread = os.pread
+else:  # Windows: no positional I/O in os; one lock serialises seek-then-transfer
+    _io_lock = threading.Lock()
+
+    def _pwritev(fd: int, parts: list, offset: int) -> None:
+        with _io_lock:
+            os.lseek(fd, offset, os.SEEK_SET)
+            for part in parts:
+                view = memoryview(part).cast("B")
+                while view:
+                    view = view[os.write(fd, view):]
+
+    def _preadv(fd: int, parts: list, offset: int) -> int:
+        with _io_lock:
+            os.lseek(fd, offset, os.SEEK_SET)
+            done = 0
+            for part in parts:
+                data = os.read(fd, len(part))
+                part[:len(data)] = data
+                done += len(data)
+                if len(data) < len(part):
+                    break
+            return done
+
+    def _pread(fd: int, n: int, offset: int) -> bytes:
+        with _io_lock:
+            os.lseek(fd, offset, os.SEEK_SET)
+            return os.read(fd, n)
+
+
+def _close_fd(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _open_values(path: str) -> int:
+    """Open (creating) the values file: never following a link, never blocking on a FIFO."""
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0) \
+        | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags, 0o666)  # the umask applies, as to SQLite's own files
+    except OSError as exc:
+        raise StoreError(f"cannot open the store's values file {path}: {exc}") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise StoreError(f"the store's values file {path} is not a regular file")
+    return fd
+
+
+class _Checkpointer:
+    """A thread that runs passive WAL checkpoints when writers wake it.
+
+    A passive checkpoint never blocks writers or readers; the fsyncs it needs happen on this
+    thread, not inside somebody's write.  The thread belongs to the process that started it:
+    after a fork the child starts its own on its first wake.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.event = threading.Event()
+        self.pid = 0
+        self.stopping = False
+        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()
+
+    def wake(self) -> None:
+        if self.pid != os.getpid():
+            with self.lock:
+                if self.pid != os.getpid() and not self.stopping:
+                    self.event = threading.Event()
+                    self.thread = threading.Thread(target=self._run, args=(self.event,),
+                                                   name="mason-store-checkpoint", daemon=True)
+                    self.pid = os.getpid()
+                    self.thread.start()
+                    _running.add(self)
+        self.event.set()
+
+    def _run(self, event: threading.Event) -> None:
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error:
+            return  # the writers' own automatic checkpoint still bounds the WAL
+        try:
+            while True:
+                event.wait()
+                event.clear()
+                if self.stopping:
+                    return
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error:
+                    pass  # busy or closing: the next wake tries again
+        finally:
+            conn.close()
+
+    def stop(self, wait: bool = True) -> None:
+        self.stopping = True
+        thread = self.thread
+        if thread is not None and self.pid == os.getpid():
+            self.event.set()
+            if wait and thread is not threading.current_thread():
+                thread.join(10)
+        _running.discard(self)
+
+
+_running: set = set()
+
+
+@atexit.register
+def _stop_checkpointers() -> None:
+    # At exit: let a checkpoint in progress finish rather than leave it to the daemon rule.
+    for checkpointer in list(_running):
+        checkpointer.stop()
 
 
 class SQLiteBackend:
@@ -127,9 +315,11 @@ class SQLiteBackend:
         if synchronous not in ("NORMAL", "FULL", "EXTRA", "OFF"):
             raise ValueError("synchronous must be 'NORMAL', 'FULL', 'EXTRA' or 'OFF'")
         self.path = os.path.abspath(path)
+        self.values_path = self.path + "-values"
         self.name = name
         self.timeout = float(timeout)
         self.synchronous = synchronous
+        self._fsync_values = synchronous in ("FULL", "EXTRA")
         folder = os.path.dirname(self.path)
         if not os.path.isdir(folder):
             raise StoreError(f"cannot create the store {self.path}: folder {folder} does not "
@@ -144,44 +334,49 @@ class SQLiteBackend:
                     "Store('redis://host:port/db'), or, if only one machine ever opens it, "
                     "pass allow_network_fs=True.", self.path, fstype)
         table = f"store_{name}"
-        self._t = f'"{table}"'
-        self._b = f'"{table}_buffers"'
-        self._sql_get = f"SELECT nbuf, value FROM {self._t} WHERE key = ?"
-        self._sql_get_all = (
-            f"SELECT m.nbuf, m.value, b.readonly, b.data FROM {self._t} AS m "
-            f"LEFT JOIN {self._b} AS b ON b.key = m.key WHERE m.key = ? ORDER BY b.idx")
-        self._sql_has = f"SELECT 1 FROM {self._t} WHERE key = ?"
-        self._sql_put = (f"INSERT INTO {self._t} (key, value, nbuf) VALUES (?, ?, ?) "
-                         "ON CONFLICT(key) DO UPDATE SET value = excluded.value, "
-                         "nbuf = excluded.nbuf")
-        self._sql_put0 = (f"INSERT INTO {self._t} (key, value, nbuf) VALUES (?, ?, 0) "
-                          "ON CONFLICT(key) DO UPDATE SET value = excluded.value, nbuf = 0")
-        self._sql_buf = (f"INSERT INTO {self._b} (key, idx, readonly, data) VALUES (?, ?, ?, ?) "
-                         "ON CONFLICT(key, idx) DO UPDATE SET readonly = excluded.readonly, "
-                         "data = excluded.data")
-        self._sql_del = f"DELETE FROM {self._t} WHERE key = ?"
+        self._t = t = f'"{table}"'
+        self._sql_get = f"SELECT value, ext, size, nonce, nbuf FROM {t} WHERE key = ?"
+        self._sql_nonce = f"SELECT nonce FROM {t} WHERE key = ?"
+        self._sql_has = f"SELECT 1 FROM {t} WHERE key = ?"
+        self._sql_put = (f"INSERT INTO {t} (key, value) VALUES (?, ?) ON CONFLICT(key) DO "
+                         "UPDATE SET value = excluded.value, ext = NULL, nbuf = 0")
+        self._sql_put_ext = (f"INSERT INTO {t} (key, ext, size, nonce, nbuf, value) "
+                             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
+                             "ext = excluded.ext, size = excluded.size, nonce = excluded.nonce, "
+                             "nbuf = excluded.nbuf, value = excluded.value")
+        self._sql_del = f"DELETE FROM {t} WHERE key = ?"
         self._lock = threading.Lock()
         self._conns: dict[int, tuple[sqlite3.Connection, int]] = {}
         self._local = threading.local()
         self._closed = False
+        self._writes = 0
+        self._checkpointer = _Checkpointer(self.path)
+        # A store dropped without close() still ends its thread.
+        weakref.finalize(self, self._checkpointer.stop, False)
         self._conn()  # open now: a bad path or a foreign file fails here, not on first use
+        try:
+            self._fd = _open_values(self.values_path)
+        except BaseException:
+            self.close()
+            raise
+        # Closed once, by close() or when the store is collected (never a reused number).
+        self._close_values = weakref.finalize(self, _close_fd, self._fd)
 
     # -- connections -------------------------------------------------------------------------
 
     def _conn(self) -> sqlite3.Connection:
+        return self._holder().conn
+
+    def _holder(self) -> _Holder:
         try:
             holder = self._local.holder
             if holder.generation == _fork_generation and not self._closed:
-                return holder.conn
+                return holder
         except AttributeError:
             pass
         if self._closed:
             raise ValueError(f"operation on a closed store ({self.path})")
-        return self._connect().conn
-
-    def _holder(self) -> _Holder:
-        self._conn()
-        return self._local.holder
+        return self._connect()
 
     def _connect(self) -> _Holder:
         old = getattr(self._local, "holder", None)
@@ -220,18 +415,22 @@ class SQLiteBackend:
                                  "read-only, or opened by a program that forbids WAL?")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             conn.execute(f"PRAGMA mmap_size = {_MMAP_SIZE}")
-            t, b = self._t, self._b
+            conn.execute(f"PRAGMA wal_autocheckpoint = {_AUTOCHECKPOINT}")
             exists = conn.execute(
                 "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?",
-                (t.strip('"'),)).fetchone()[0]
+                (self._t.strip('"'),)).fetchone()[0]
             if not exists:
                 self._retry(lambda: self._create(conn))
             meta = conn.execute(
                 "SELECT value FROM mason_meta WHERE name = 'format'").fetchone()
-            if meta is None or int(meta[0]) > FORMAT:
+            if meta is None or int(meta[0]) != FORMAT:
+                found = meta and meta[0]
+                newer = found is not None and int(found) > FORMAT
                 raise StoreError(
-                    f"{self.path} was written by a newer mason (store format {meta and meta[0]}"
-                    f", this one reads {FORMAT}): upgrade mason to open it")
+                    f"{self.path} is a mason store of format {found}, and this mason reads "
+                    f"format {FORMAT}: " + ("upgrade mason to open it" if newer else
+                                            "it was written by a development version before "
+                                            "the first release; write it again"))
         except sqlite3.DatabaseError as exc:
             if _is_busy(exc):
                 raise StoreBusyError(f"{self.path} stayed locked for {self.timeout:g} s while "
@@ -239,24 +438,29 @@ class SQLiteBackend:
             raise StoreError(f"{self.path} is not a usable mason store: {exc}") from exc
 
     def _create(self, conn: sqlite3.Connection) -> None:
-        t, b = self._t, self._b
+        t = self._t
         trig = self._t[:-1]
+        free = "INSERT INTO mason_free VALUES (old.size, old.ext, " \
+               "(SELECT epoch FROM mason_space))"
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.execute("CREATE TABLE IF NOT EXISTS mason_meta "
                          "(name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL)")
             conn.execute("INSERT OR IGNORE INTO mason_meta VALUES ('format', ?)", (str(FORMAT),))
+            conn.execute("CREATE TABLE IF NOT EXISTS mason_space (id INTEGER PRIMARY KEY "
+                         "CHECK (id = 0), end INTEGER NOT NULL, epoch INTEGER NOT NULL)")
+            conn.execute("INSERT OR IGNORE INTO mason_space VALUES (0, 0, 0)")
+            conn.execute("CREATE TABLE IF NOT EXISTS mason_free (len INTEGER NOT NULL, "
+                         "off INTEGER NOT NULL, epoch INTEGER NOT NULL, PRIMARY KEY (len, off))"
+                         " WITHOUT ROWID")
             conn.execute(f"CREATE TABLE IF NOT EXISTS {t} (key BLOB PRIMARY KEY NOT NULL, "
-                         "nbuf INTEGER NOT NULL DEFAULT 0, value BLOB NOT NULL)")
-            conn.execute(f"CREATE TABLE IF NOT EXISTS {b} (key BLOB NOT NULL, "
-                         "idx INTEGER NOT NULL, readonly INTEGER NOT NULL, data BLOB NOT NULL, "
-                         "PRIMARY KEY (key, idx))")
-            conn.execute(f'CREATE TRIGGER IF NOT EXISTS {trig}_replaced" AFTER UPDATE OF nbuf, '
-                         f"value ON {t} WHEN old.nbuf > new.nbuf BEGIN "
-                         f"DELETE FROM {b} WHERE key = old.key AND idx >= new.nbuf; END")
-            conn.execute(f'CREATE TRIGGER IF NOT EXISTS {trig}_deleted" AFTER DELETE '
-                         f"ON {t} WHEN old.nbuf > 0 BEGIN "
-                         f"DELETE FROM {b} WHERE key = old.key; END")
+                         "ext INTEGER, size INTEGER NOT NULL DEFAULT 0, "
+                         "nonce INTEGER NOT NULL DEFAULT 0, nbuf INTEGER NOT NULL DEFAULT 0, "
+                         "value BLOB NOT NULL)")
+            conn.execute(f'CREATE TRIGGER IF NOT EXISTS {trig}_replaced" AFTER UPDATE OF ext '
+                         f"ON {t} WHEN old.ext IS NOT NULL BEGIN {free}; END")
+            conn.execute(f'CREATE TRIGGER IF NOT EXISTS {trig}_deleted" AFTER DELETE ON {t} '
+                         f"WHEN old.ext IS NOT NULL BEGIN {free}; END")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -284,141 +488,255 @@ class SQLiteBackend:
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 0.05)
 
-    def _write(self, conn: sqlite3.Connection, body) -> None:
-        """Run ``body(conn)`` as one write transaction: joined to the caller's transaction
+    def _wrote(self) -> None:
+        self._writes += 1
+        if self._writes >= _CHECKPOINT_EVERY:
+            self._writes = 0
+            self._checkpointer.wake()
+
+    def _write(self, holder: _Holder, body) -> None:
+        """Run ``body(cur)`` as one write transaction: joined to the caller's transaction
         if one is open in this thread, else its own BEGIN IMMEDIATE ... COMMIT, retried."""
+        conn, cur = holder.conn, holder.cur
         if conn.in_transaction:
-            body(conn)
+            body(cur)
             return
 
         def once():
-            conn.execute("BEGIN IMMEDIATE")
+            cur.execute("BEGIN IMMEDIATE")
             try:
-                body(conn)
-                conn.execute("COMMIT")
+                body(cur)
+                cur.execute("COMMIT")
             except BaseException:
+                holder.epoch = None
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+            holder.epoch = None
 
         self._retry(once)
+        self._wrote()
+
+    # -- the values file -----------------------------------------------------------------------
+
+    def _allocate(self, holder: _Holder, cur, need: int, several: bool) -> int:
+        """The offset of a free extent of ``need`` bytes (a multiple of ``_ALIGN``), taken in
+        the open write transaction.  ``several``: this transaction writes more than one value,
+        so it must not reuse what it freed itself (see the module's docstring)."""
+        if several:
+            self._stamp(holder, cur)
+            limit = holder.epoch  # older than anything this transaction freed
+        else:
+            limit = _NO_EPOCH  # it frees only after it allocates: anything free will do
+        for attempt in (0, 1):
+            row = cur.execute("SELECT len, off FROM mason_free WHERE len >= ? AND epoch < ? "
+                              "ORDER BY len LIMIT 1", (need, limit)).fetchone()
+            if row is not None:
+                size, off = row
+                cur.execute("DELETE FROM mason_free WHERE len = ? AND off = ?", row)
+                if size > need:  # the rest stays free, as old as it was
+                    cur.execute("INSERT INTO mason_free VALUES (?, ?, 0)",
+                                (size - need, off + need))
+                return off
+            if attempt == 0 and not self._coalesce(cur, limit):
+                break
+        end = cur.execute("SELECT end FROM mason_space").fetchone()[0]
+        cur.execute("UPDATE mason_space SET end = ?", (end + need,))
+        return end
+
+    @staticmethod
+    def _stamp(holder: _Holder, cur) -> None:
+        """Before a transaction's first write: a new epoch, which the triggers stamp on every
+        extent the transaction frees (so that it allocates only from older ones)."""
+        if holder.epoch is None:
+            cur.execute("UPDATE mason_space SET epoch = epoch + 1")
+            holder.epoch = cur.execute("SELECT epoch FROM mason_space").fetchone()[0]
+
+    def _coalesce(self, cur, limit: int) -> bool:
+        """Merge adjacent free extents, and give a free tail older than ``limit`` back to the
+        end of the file; True if anything changed."""
+        rows = cur.execute("SELECT off, len, epoch FROM mason_free ORDER BY off").fetchall()
+        if not rows:
+            return False
+        merged: list[list[int]] = []
+        for off, size, epoch in rows:
+            if merged and merged[-1][0] + merged[-1][1] == off:
+                merged[-1][1] += size
+                merged[-1][2] = max(merged[-1][2], epoch)
+            else:
+                merged.append([off, size, epoch])
+        end = cur.execute("SELECT end FROM mason_space").fetchone()[0]
+        # A merged extent is as young as its youngest part; a tail this transaction may not
+        # reuse may not be given back either (the next allocation would take it).
+        changed = len(merged) != len(rows)
+        if merged and merged[-1][0] + merged[-1][1] == end and merged[-1][2] < limit:
+            cur.execute("UPDATE mason_space SET end = ?", (merged.pop()[0],))
+            changed = True
+        if changed:
+            cur.execute("DELETE FROM mason_free")
+            cur.executemany("INSERT INTO mason_free VALUES (?, ?, ?)",
+                            [(size, off, epoch) for off, size, epoch in merged])
+        return changed
+
+    def _put_extent(self, holder: _Holder, cur, key: bytes, data: bytes, buffers,
+                    several: bool) -> None:
+        views = [memoryview(b) for b in buffers]
+        lengths = [len(data) << 1] + [(v.nbytes << 1) | (not v.readonly) for v in views]
+        total = 16 + len(data) + sum(v.nbytes for v in views)
+        need = (total + _ALIGN - 1) // _ALIGN * _ALIGN
+        off = self._allocate(holder, cur, need, several)
+        nonce = random.getrandbits(63)
+        tag = _NONCE.pack(nonce)
+        _pwritev(self._fd, [tag, data, *views, tag], off)
+        if self._fsync_values:
+            _fdatasync(self._fd)
+        layout = b"".join(_LENGTHS.pack(n) for n in lengths)
+        cur.execute(self._sql_put_ext, (key, off, need, nonce, len(views), layout))
+
+    def _read_extent(self, holder: _Holder, key: bytes, row):
+        """``(pickle, buffers)`` of an extent row, or None if the row changed meanwhile."""
+        layout, off, size, nonce, nbuf = row
+        if layout.__class__ is not bytes or len(layout) != 8 * (nbuf + 1) or off < 0:
+            raise self._damaged("a value's row does not describe its extent")
+        lengths = [n for (n,) in _LENGTHS.iter_unpack(layout)]
+        total = 16 + sum(n >> 1 for n in lengths)
+        if total > size:
+            raise self._damaged("a value is longer than its extent")
+        tag = _NONCE.pack(nonce)
+        if not nbuf:
+            raw = _pread(self._fd, total, off)
+            ok = len(raw) == total and raw[:8] == tag and raw[-8:] == tag
+            data, buffers = memoryview(raw)[8:-8], None
+        else:
+            # One read straight into the buffers the loader gets: a writable buffer comes
+            # back as a bytearray of its own, a read-only one as a read-only view of one.
+            head, tail = bytearray(8), bytearray(8)
+            parts = [head] + [bytearray(n >> 1) for n in lengths] + [tail]
+            ok = _preadv(self._fd, parts, off) == total and head == tag and tail == tag
+            data = parts[1]
+            buffers = [part if n & 1 else memoryview(part).toreadonly()
+                       for part, n in zip(parts[2:-1], lengths[1:])]
+        if not holder.conn.in_transaction:
+            # Unchanged since the read: the extent was not freed, so not reused, meanwhile.
+            now = self._retry(lambda: holder.cur.execute(self._sql_nonce, (key,)).fetchone())
+            if now is None or now[0] != nonce:
+                return None
+        if not ok:
+            raise self._damaged(
+                "a value's bytes in the values file are not the ones its row expects (the "
+                "file was written by something else, or lost writes in a power failure)")
+        return data, buffers
 
     # -- the mapping ---------------------------------------------------------------------------
 
     def get(self, key: bytes):
         """``(pickle, buffers)`` for ``key``, or None."""
-        conn = self._conn()
-        try:
-            row = conn.execute(self._sql_get, (key,)).fetchone()
-        except sqlite3.OperationalError as exc:
-            if not _is_busy(exc):
-                raise
-            row = self._retry(lambda: conn.execute(self._sql_get, (key,)).fetchone())
-        if row is None:
-            return None
-        if not row[0]:
-            if row[1].__class__ is not bytes:
-                raise self._damaged(f"a value is stored as {type(row[1]).__name__}, not a blob")
-            return row[1], None
-        # The value has out-of-band buffers: read it again with them, in one statement (one
-        # snapshot), so a writer replacing it in between cannot pair it with other buffers.
-        return self._get_with_buffers(conn, key)
-
-    def _get_with_buffers(self, conn, key: bytes):
-        rows = self._retry(lambda: conn.execute(self._sql_get_all, (key,)).fetchall())
-        if not rows:
-            return None
-        nbuf, value = rows[0][0], rows[0][1]
-        if value.__class__ is not bytes or any(
-                data is not None and data.__class__ is not bytes for *_, data in rows):
-            raise self._damaged("a value or one of its buffers is not stored as a blob")
-        buffers = [data if readonly else bytearray(data)
-                   for _, _, readonly, data in rows if data is not None]
-        if len(buffers) != nbuf:
-            raise self._damaged(f"a value has {len(buffers)} of its {nbuf} out-of-band buffers")
-        return value, buffers
+        holder = self._holder()
+        cur = holder.cur
+        while True:
+            try:
+                row = cur.execute(self._sql_get, (key,)).fetchone()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                row = self._retry(lambda: cur.execute(self._sql_get, (key,)).fetchone())
+            if row is None:
+                return None
+            if row[1] is None:
+                if row[0].__class__ is not bytes or row[4]:
+                    raise self._damaged(f"a value is stored as {type(row[0]).__name__}, "
+                                        "not a blob")
+                return row[0], None
+            found = self._read_extent(holder, key, row)
+            if found is not None:
+                return found
+            # Overwritten while we read it: read the new value.
 
     def _damaged(self, what: str) -> StoreError:
         return StoreError(f"the store {self.path} is damaged: {what} (was the file written by "
                           "something other than mason?)")
 
     def contains(self, key: bytes) -> bool:
-        conn = self._conn()
-        return self._retry(lambda: conn.execute(self._sql_has, (key,)).fetchone()) is not None
+        cur = self._holder().cur
+        return self._retry(lambda: cur.execute(self._sql_has, (key,)).fetchone()) is not None
 
     def set(self, key: bytes, data: bytes, buffers) -> None:
-        conn = self._conn()
-        if not buffers:
-            if conn.in_transaction:
-                conn.execute(self._sql_put0, (key, data))
-                return
+        if not buffers and len(data) < INLINE_MAX:
+            holder = self._holder()
+            cur = holder.cur
+            if holder.depth and holder.epoch is None:
+                self._stamp(holder, cur)
             try:
-                conn.execute(self._sql_put0, (key, data))
+                cur.execute(self._sql_put, (key, data))
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
                     raise
-                self._retry(lambda: conn.execute(self._sql_put0, (key, data)))
+                self._retry(lambda: cur.execute(self._sql_put, (key, data)))
+            if not holder.conn.in_transaction:
+                self._wrote()
             return
-        self._write(conn, lambda c: self._put_with_buffers(c, key, data, buffers))
-
-    def _put_with_buffers(self, conn, key, data, buffers) -> None:
-        conn.execute(self._sql_put, (key, data, len(buffers)))
-        # The old value's buffers are overwritten in place (same pages when the sizes match),
-        # and the trigger removed those beyond the new count.
-        conn.executemany(self._sql_buf, [(key, i, int(view.readonly), view)
-                                         for i, view in enumerate(buffers)])
+        holder = self._holder()
+        self._write(holder, lambda cur: self._put_extent(
+            holder, cur, key, data, buffers, holder.depth > 0))
 
     def set_many(self, items) -> None:
         """Write ``(key, pickle, buffers)`` items in one transaction."""
         items = list(items)
+        holder = self._holder()
 
-        def body(conn):
-            plain = [(k, d) for k, d, bufs in items if not bufs]
+        def body(cur):
+            self._stamp(holder, cur)
+            plain = [(k, d) for k, d, bufs in items if not bufs and len(d) < INLINE_MAX]
             if plain:
-                conn.executemany(self._sql_put0, plain)
+                cur.executemany(self._sql_put, plain)
             for k, d, bufs in items:
-                if bufs:
-                    self._put_with_buffers(conn, k, d, bufs)
+                if bufs or len(d) >= INLINE_MAX:
+                    self._put_extent(holder, cur, k, d, bufs, True)
 
-        self._write(self._conn(), body)
+        self._write(holder, body)
 
     def delete(self, key: bytes) -> bool:
-        conn = self._conn()
-        if conn.in_transaction:
-            return conn.execute(self._sql_del, (key,)).rowcount > 0
-        return self._retry(lambda: conn.execute(self._sql_del, (key,)).rowcount) > 0
+        holder = self._holder()
+        cur = holder.cur
+        if holder.conn.in_transaction:
+            self._stamp(holder, cur)
+            return cur.execute(self._sql_del, (key,)).rowcount > 0
+        deleted = self._retry(lambda: cur.execute(self._sql_del, (key,)).rowcount) > 0
+        self._wrote()
+        return deleted
 
     def clear(self) -> None:
-        def body(conn):
-            conn.execute(f"DELETE FROM {self._b}")
-            # The buffers are gone already: drop the rows without firing a trigger per row.
-            conn.execute(f"UPDATE {self._t} SET nbuf = 0 WHERE nbuf > 0")
-            conn.execute(f"DELETE FROM {self._t}")
+        holder = self._holder()
 
-        self._write(self._conn(), body)
+        def body(cur):
+            if holder.depth:
+                self._stamp(holder, cur)
+            cur.execute(f"DELETE FROM {self._t}")
+
+        self._write(holder, body)
 
     def count(self) -> int:
-        conn = self._conn()
-        return self._retry(lambda: conn.execute(f"SELECT count(*) FROM {self._t}").fetchone()[0])
+        cur = self._holder().cur
+        return self._retry(lambda: cur.execute(f"SELECT count(*) FROM {self._t}").fetchone()[0])
 
     def last_key(self) -> bytes | None:
-        conn = self._conn()
-        row = self._retry(lambda: conn.execute(
+        cur = self._holder().cur
+        row = self._retry(lambda: cur.execute(
             f"SELECT key FROM {self._t} ORDER BY key DESC LIMIT 1").fetchone())
         return None if row is None else row[0]
 
     def iter_keys(self) -> Iterator[bytes]:
         """Every key, in key order, a page at a time: no read transaction stays open while the
         caller works (inside ``transaction()`` all pages come from its snapshot)."""
-        conn_sql_first = f"SELECT key FROM {self._t} ORDER BY key LIMIT {_PAGE}"
-        conn_sql_next = f"SELECT key FROM {self._t} WHERE key > ? ORDER BY key LIMIT {_PAGE}"
+        sql_first = f"SELECT key FROM {self._t} ORDER BY key LIMIT {_PAGE}"
+        sql_next = f"SELECT key FROM {self._t} WHERE key > ? ORDER BY key LIMIT {_PAGE}"
         last = None
         while True:
             conn = self._conn()
             if last is None:
-                rows = self._retry(lambda: conn.execute(conn_sql_first).fetchall())
+                rows = self._retry(lambda: conn.execute(sql_first).fetchall())
             else:
-                rows = self._retry(lambda: conn.execute(conn_sql_next, (last,)).fetchall())
+                rows = self._retry(lambda: conn.execute(sql_next, (last,)).fetchall())
             for (key,) in rows:
                 yield key
             if len(rows) < _PAGE:
@@ -427,8 +745,8 @@ class SQLiteBackend:
 
     def iter_items(self) -> Iterator[tuple[bytes, bytes, list | None]]:
         """Every ``(key, pickle, buffers)``, in key order, a page at a time."""
-        sql_first = f"SELECT key, value, nbuf FROM {self._t} ORDER BY key LIMIT {_PAGE}"
-        sql_next = (f"SELECT key, value, nbuf FROM {self._t} WHERE key > ? ORDER BY key "
+        sql_first = f"SELECT key, value, ext FROM {self._t} ORDER BY key LIMIT {_PAGE}"
+        sql_next = (f"SELECT key, value, ext FROM {self._t} WHERE key > ? ORDER BY key "
                     f"LIMIT {_PAGE}")
         last = None
         while True:
@@ -437,14 +755,14 @@ class SQLiteBackend:
                 rows = self._retry(lambda: conn.execute(sql_first).fetchall())
             else:
                 rows = self._retry(lambda: conn.execute(sql_next, (last,)).fetchall())
-            for key, value, nbuf in rows:
-                if not nbuf:
+            for key, value, ext in rows:
+                if ext is None:
                     if value.__class__ is not bytes:
                         raise self._damaged(f"a value is stored as {type(value).__name__}, "
                                             "not a blob")
                     yield key, value, None
                     continue
-                found = self._get_with_buffers(conn, key)
+                found = self.get(key)
                 if found is not None:  # deleted since the page was read: skip it
                     yield key, found[0], found[1]
             if len(rows) < _PAGE:
@@ -462,20 +780,24 @@ class SQLiteBackend:
                 conn.execute("ROLLBACK")
             self._retry(lambda: conn.execute("BEGIN IMMEDIATE"))
             holder.depth = 1
+            holder.epoch = None
             try:
                 yield
             except BaseException:
                 holder.depth = 0
+                holder.epoch = None
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
             holder.depth = 0
+            holder.epoch = None
             try:
                 self._retry(lambda: conn.execute("COMMIT"))
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+            self._wrote()
             return
         # Nested: a savepoint, so an inner block that fails undoes only its own writes.
         name = f"mason_sp{holder.depth}"
@@ -503,10 +825,14 @@ class SQLiteBackend:
         if self._closed:
             return
         self._closed = True
+        self._checkpointer.stop()
         with self._lock:
             conns = list(self._conns.items())
         for key, _ in conns:
             _close_quietly(self._conns, key)  # leaves a parent's connections alone
+        closer = getattr(self, "_close_values", None)
+        if closer is not None:
+            closer()
 
     def describe(self) -> str:
         return self.path

@@ -5,8 +5,12 @@ pickler as ``PickleBuffer`` (numpy arrays, ``bytearray``, anything implementing 
 5 ``__reduce_ex__``) are taken *out of band* through ``buffer_callback``: the pickle stream
 keeps only a NEXT_BUFFER placeholder, and the buffer's memory goes to the backend as it is
 (SQLite binds it straight from the object's memory; it is never copied into the stream and
-never parsed by the loader).  Buffers under ``OOB_MIN`` bytes stay in band, where one more
-row or frame would cost more than the copy.
+never parsed by the loader).  Buffers under ``OOB_MIN`` bytes stay in band, where taking them
+out would cost more than the copy.
+
+Most values are small records with no buffer at all: they take ``mason.dumps``'s one C call,
+and only a pickle of ``OOB_MIN`` bytes or more, which may hold a buffer worth taking out, is
+made again by the pickler that takes buffers out of band.
 
 Every load goes through ``mason.loads`` under the store's policy, whoever wrote the bytes:
 the database is not trusted, so hostile bytes planted in it are refused like any other.
@@ -20,7 +24,7 @@ from pickle import PickleBuffer
 from typing import Any, Iterable
 
 from ..limits import Limits
-from ..pickler import Pickler
+from ..pickler import Pickler, dumps
 from ..policy import Policy
 from ..unpickler import loads
 
@@ -109,6 +113,15 @@ class Codec:
     def pack(value: Any) -> tuple[bytes, list[memoryview]]:
         """``(pickle, buffers)``: the protocol 5 pickle and its out-of-band buffers, as
         memoryviews of the value's own memory (no copy; keep ``value`` alive until written)."""
+        data = dumps(value)
+        # A pickle shorter than OOB_MIN holds no buffer that would travel out of band; a str
+        # or bytes has no buffer to take out at all.
+        if len(data) < OOB_MIN or value.__class__ is bytes or value.__class__ is str:
+            return data, []
+        return Codec._pack_out_of_band(value)
+
+    @staticmethod
+    def _pack_out_of_band(value: Any) -> tuple[bytes, list[memoryview]]:
         packer = getattr(_local, "packer", None)
         if packer is None or packer.busy:  # first use in this thread, or re-entered
             packer = _Packer()

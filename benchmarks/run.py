@@ -117,16 +117,13 @@ CONTENDERS = [
 
 
 def _limits_status() -> str:
-    try:
-        import mason._limits  # noqa: F401
-        compiled = "built"
-    except ImportError as exc:
-        compiled = f"not built ({type(exc).__name__})"
     from mason import unpickler
     used = [f"{fn.__module__}.{getattr(fn, '__qualname__', fn.__name__)}"
             for fn in (getattr(unpickler, "_check", None), getattr(unpickler, "StreamCheck", None))
             if fn is not None]
-    return f"mason._limits {compiled}; the loads check uses {' and '.join(used) or '?'}"
+    one_pass = "mason._plainload built" if unpickler._plain_loads is not None \
+        else "mason._plainload not built"
+    return f"{one_pass}; the loads check uses {' and '.join(used) or '?'}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,8 +10,11 @@ The C engine behind ``pickle.Unpickler`` does the loading; mason adds, in this o
    says where; a refused global becomes one ``UnsafeGlobalError`` listing every refused
    global of the stream, with the ``allow=`` argument that would admit them.
 
-A stream that names no global cannot call anything, so ``loads`` hands it to the C function
-``_pickle.loads`` directly: on plain data, safe loading costs only the limits check.
+``loads`` with no options first tries ``mason._plainload``: one compiled pass that builds
+plain data and calls only globals the default policy lets the engine call itself, checking
+the limits as it goes, and declines anything else.  A declined stream takes the way above; one
+that names no global, or only such globals, then goes to the C function ``_pickle.loads``
+directly, after the limits check.
 """
 
 from __future__ import annotations

@@ -15,10 +15,12 @@ Three workloads, each saved, loaded and loaded memory-mapped:
 
 Contenders, side by side in one process (``harness.py``): ``raw`` (the baseline: the same
 bytes written with one ``write`` / read with ``readinto`` into fresh memory / mapped), ``mason``
-(``mason.dump(obj, path)`` / ``mason.load(path)``), ``memcpy`` (a copy of the data in memory,
-for scale), ``pickle5`` (stdlib pickle, protocol 5, buffers in-band), ``joblib``
-(``joblib.dump`` / ``joblib.load``, ``mmap_mode="r"``), ``numpy`` (``np.save`` / ``np.load``,
-``mmap_mode="r"``; ``np.savez`` for a dict), ``torch`` (``torch.save`` /
+(``mason.dump(obj, path)`` / ``mason.load(path)``), ``mason+release`` (``mason.dump``, then
+waiting for the background release of the file it replaced: the whole work of a save),
+``memcpy`` (a copy of the data in memory, for scale), ``pickle5`` (stdlib pickle, protocol 5,
+buffers in-band), ``joblib`` (``joblib.dump`` / ``joblib.load``, ``mmap_mode="r"``),
+``numpy`` (``np.save`` / ``np.load``, ``mmap_mode="r"``; ``np.savez`` for a dict),
+``torch`` (``torch.save`` /
 ``torch.load(weights_only=True)``, ``mmap=True``), ``safetensors``.  Files are written to a
 temporary directory and read back from the page cache, as a second load of a model is.
 
@@ -39,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.join(os.path.dirname(HERE), "src")
@@ -164,6 +167,24 @@ def contenders(data, files: Files) -> list[Contender]:
         mason.dump(obj, path)
         return functools.partial(mason.load, path, mmap=w.op == "mmap", preset=presets)
 
+    def mason_settled(w):
+        # mason.dump returns once the new file is in place; the file it replaced is freed
+        # on a background thread (with discard, freeing a large file's blocks takes about
+        # as long as writing it).  This row waits for that too: the whole work of a save,
+        # to set beside raw, whose open(..., "wb") frees the old file before it writes.
+        if w.op != "save":
+            return None
+        obj = data[w.name]
+        path = files.path("mason-settled", w.name, ".mason")
+
+        def save():
+            before = set(threading.enumerate())
+            mason.dump(obj, path)
+            for thread in set(threading.enumerate()) - before:   # this dump's own only
+                if thread.name == "mason-release":
+                    thread.join()
+        return save
+
     def mason_container(w):
         if w.name != "torch" or w.op == "save":
             return None
@@ -250,6 +271,7 @@ def contenders(data, files: Files) -> list[Contender]:
     return [
         Contender("raw", raw, "one write / readinto of the same bytes / mmap"),
         Contender("mason", mason_, "mason.dump(obj, path) / mason.load(path)"),
+        Contender("mason+release", mason_settled, "mason.dump, and the replaced file freed"),
         Contender("mason-container", mason_container, "torch tensors in a mason container"),
         Contender("memcpy", memcpy, "a copy in memory"),
         Contender("pickle5", pickle5, "stdlib pickle, protocol 5, in-band"),

@@ -281,3 +281,35 @@ def test_write_is_atomic(tmp_path):
         mason.dump({"a": np.arange(3.0), "b": Unpicklable()}, path)
     assert mason.load(path) == {"a": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.mason"]
+
+
+@pytest.mark.parametrize("preset", ["numpy", "torch"])
+def test_saving_a_mapped_load_over_its_own_file(tmp_path, preset):
+    # the dump drops the old file's cached pages before writing: the mapped views it is
+    # saving must still read the old file's bytes, and the new file must hold them
+    path = tmp_path / "state.mason"
+    if preset == "numpy":
+        state = {"w": np.arange(3 * MIB // 8, dtype=np.float64), "b": np.ones(7)}
+    else:
+        state = {"w": torch.arange(3 * MIB // 4, dtype=torch.float32), "b": torch.ones(7)}
+    mason.dump(state, path)
+    mapped = mason.load(path, mmap=True, preset=preset)
+    mason.dump({**mapped, "extra": 1}, path)
+    got = mason.load(path, preset=preset)
+    assert got["extra"] == 1
+    for key in state:
+        assert got[key].tolist() == state[key].tolist() == mapped[key].tolist()
+
+
+def test_a_failed_dump_leaves_the_old_file_whole(tmp_path):
+    path = tmp_path / "state.mason"
+    mason.dump({"w": np.arange(MIB // 8, dtype=np.float64)}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise TypeError("no")
+
+    with pytest.raises(TypeError):
+        mason.dump({"b": Unpicklable()}, path)
+    np.testing.assert_array_equal(mason.load(path, preset="numpy")["w"],
+                                  np.arange(MIB // 8, dtype=np.float64))

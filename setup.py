@@ -1,5 +1,6 @@
 """Builds mason's compiled modules: the limits check (_limits), the one-pass load of plain
-data (_plainload) and the scanner's survey (_scan).  All are optional: without a compiler the
+data (_plainload), dumps and loads as compiled callables (_entry) and the scanner's survey
+(_scan).  All are optional: without a compiler the
 package still works, with pure-Python twins that give identical results (the tests hold them
 to it), and loads takes the check-then-engine way that _plainload shortens."""
 
@@ -10,6 +11,7 @@ setup(ext_modules=[
               optional=True),
     Extension("mason._plainload", ["src/mason/_plainload.c"],
               depends=["src/mason/_pickle_bytes.h"], optional=True),
+    Extension("mason._entry", ["src/mason/_entry.c"], optional=True),
     Extension("mason._scan", ["src/mason/_scan.c"], depends=["src/mason/_pickle_bytes.h"],
               optional=True),
 ])

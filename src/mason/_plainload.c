@@ -618,6 +618,32 @@ plain_loads(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return result;
 }
 
+/* load(data): loads() with the arguments configure() set, for mason.loads' entry. */
+static PyObject *configured[4];   /* max_depth, memo_slack, names, resolve */
+
+static PyObject *
+configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyDict_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "configure(max_depth, memo_slack, names, resolve)");
+        return NULL;
+    }
+    for (int i = 0; i < 4; i++)
+        Py_XSETREF(configured[i], Py_NewRef(args[i]));
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+load_configured(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 1 || configured[0] == NULL) {
+        PyErr_SetString(PyExc_TypeError, "load(data), after configure()");
+        return NULL;
+    }
+    PyObject *all[5] = {args[0], configured[0], configured[1], configured[2], configured[3]};
+    return plain_loads(module, all, 5);
+}
+
 static int
 load_actions(void)
 {
@@ -652,6 +678,10 @@ static PyMethodDef module_methods[] = {
     {"loads", (PyCFunction)(void (*)(void))plain_loads, METH_FASTCALL,
      "loads(data, max_depth, memo_slack, names, resolve) -> the object, or NotImplemented "
      "when the stream is not plain data within the limits (see the module's comment)"},
+    {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
+     "configure(max_depth, memo_slack, names, resolve): the arguments load(data) passes"},
+    {"load", (PyCFunction)(void (*)(void))load_configured, METH_FASTCALL,
+     "load(data): loads(data, *the arguments given to configure())"},
     {NULL}
 };
 

@@ -644,43 +644,50 @@ def _loads_checked(data, checked, fix_imports, encoding, errors, buffers, allow,
 
 
 def loads(data, /, **options):
-    # The hot path: with no options (the usual call), one compiled check that clears a
-    # stream naming no global, then the C engine.  Its signature is the full one (see
-    # __signature__ below); keyword arguments cost more to receive one by one than as one
-    # dict, so they, and every stream the quick check does not clear, take the other path.
+    # The hot path: with no options (the usual call), the one compiled pass of
+    # mason._plainload, which builds plain data (and globals the engine may call itself)
+    # while it checks the limits, and declines anything else.  Its signature is the full one
+    # (see __signature__ below); keyword arguments cost more to receive one by one than as
+    # one dict, so they take the other path.  With mason._entry built, this function is
+    # replaced by a compiled callable that does the same (see the end of this module).
     if not options:
         if _plain_loads is not None:
-            # Plain data, and globals the engine may call itself, in one compiled pass that
-            # checks the limits as it builds; NotImplemented for anything else.
             loaded = _plain_loads(data, _DEFAULT_LIMITS.max_depth, _DEFAULT_LIMITS.memo_slack,
                                   _PLAIN_NAMES, _plain_name)
             if loaded is not NotImplemented:
                 return loaded
-        checked = _check(data, _DEFAULT_LIMITS.max_depth, _DEFAULT_LIMITS.memo_slack)
-        if type(checked) is int:
-            direct = not checked & 3
-        elif checked is not None and not checked[0] & 1:
-            # Names globals: the default policy's verdict on these names in this protocol
-            # (which decides Python 2 renaming and dotted names) is remembered.
-            key = (checked[1], (checked[0] >> 2) & 0xFF)
-            direct = _DEFAULT_VERDICTS.get(key)
-            if direct is None:
-                direct = checked[1] is not None and _load_plainly(
-                    _DEFAULT_POLICY, checked[1], key[1], True)
-                if len(_DEFAULT_VERDICTS) < 1024:
-                    _DEFAULT_VERDICTS[key] = direct
-        else:
-            direct = False
-        if direct:
-            try:
-                return _pickle_loads(data)
-            except MasonError:
-                raise
-            except _DIRECT_FAILURES as exc:
-                raise _engine_failure(exc, data, _DEFAULT_LIMITS) from exc
-        return _loads_checked(data, checked, True, "ASCII", "strict", None, None, None, False,
-                              None, _DEFAULT_LIMITS)
+        return _loads_declined(data)
     return _loads_options(data, **options)
+
+
+def _loads_declined(data, /):
+    """``loads(data)`` that the one pass declined: one compiled check that clears a stream
+    naming no global, or only globals the engine may import itself, then the C engine;
+    every other stream takes the Unpickler with its policy."""
+    checked = _check(data, _DEFAULT_LIMITS.max_depth, _DEFAULT_LIMITS.memo_slack)
+    if type(checked) is int:
+        direct = not checked & 3
+    elif checked is not None and not checked[0] & 1:
+        # Names globals: the default policy's verdict on these names in this protocol
+        # (which decides Python 2 renaming and dotted names) is remembered.
+        key = (checked[1], (checked[0] >> 2) & 0xFF)
+        direct = _DEFAULT_VERDICTS.get(key)
+        if direct is None:
+            direct = checked[1] is not None and _load_plainly(
+                _DEFAULT_POLICY, checked[1], key[1], True)
+            if len(_DEFAULT_VERDICTS) < 1024:
+                _DEFAULT_VERDICTS[key] = direct
+    else:
+        direct = False
+    if direct:
+        try:
+            return _pickle_loads(data)
+        except MasonError:
+            raise
+        except _DIRECT_FAILURES as exc:
+            raise _engine_failure(exc, data, _DEFAULT_LIMITS) from exc
+    return _loads_checked(data, checked, True, "ASCII", "strict", None, None, None, False,
+                          None, _DEFAULT_LIMITS)
 
 
 loads.__doc__ = _loads_options.__doc__
@@ -746,3 +753,17 @@ def load(file, *, fix_imports: bool = True, encoding: str = "ASCII",
     return Unpickler(file, fix_imports=fix_imports, encoding=encoding, errors=errors,
                      buffers=buffers, allow=allow, policy=policy, trusted=trusted,
                      renames=renames, limits=limits).load()
+
+
+try:
+    from ._entry import Entry as _Entry
+    from ._plainload import configure as _configure_plainload, load as _plain_load
+except ImportError:  # not built: loads stays the Python function above, with the same results
+    pass
+else:
+    # loads as a compiled callable: a call with one positional argument goes to the one pass
+    # and, when it declines, to _loads_declined; any other call to _loads_options.  It saves
+    # the Python call, a tenth of the time of loading a small pickle.
+    _configure_plainload(_DEFAULT_LIMITS.max_depth, _DEFAULT_LIMITS.memo_slack, _PLAIN_NAMES,
+                         _plain_name)
+    loads = _Entry(_plain_load, _loads_declined, _loads_options, 1, loads)

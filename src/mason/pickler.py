@@ -12,9 +12,11 @@ How ``dumps`` runs, cheapest first (``dump`` and a Pickler's first ``dump`` like
 
 1. the plain C pickler, exactly as pickle.  Ordinary data never meets any Python code of
    mason's.  Where pickle would write a reference to ``__main__`` or to a module registered
-   by value, the C pickler's own import of that module fails (see ``_refusing_import`` at
-   the end of this module), so no scan of the output is needed;
-2. if that raised, the pickle is made again with mason's Pickler, whose
+   by value, the pickle must be made by value instead: ``dumps``, a compiled callable
+   (``mason._entry``), searches the output for those names (16 bytes at a time); ``dump``
+   and the Python ``dumps`` make the C pickler's own import of that module fail (see
+   ``_refusing_import`` at the end of this module);
+2. if that raised or found such a name, the pickle is made again with mason's Pickler, whose
    ``reducer_override`` pickles by value what cannot be imported by name (a Pickler kept per
    thread: making one costs more than pickling a lambda).  A function at the top goes
    straight to this step (a failed plain attempt costs an exception);

@@ -139,6 +139,66 @@ def _canonical(np, d, depth):
 _LITERALS = (type(None), bool, int, float, str, bytes)
 
 
+def stream_globals(data) -> list[tuple[str, str]] | None:
+    """Every global the pickle ``data`` names, as ``(module, name)`` in stream order, or
+    None when one cannot be read off the stream without running it.
+
+    The compiled pass (``mason.limits.global_names``) first.  It gives up on a STACK_GLOBAL
+    whose module string is a memo fetch, which the pickler writes whenever two globals
+    share a module (mason's own arrays and tensors: ``mason.arrays.rebuild_storage`` after
+    ``mason.arrays.rebuild_tensor_view``); then the opcode decoder, following memoized
+    strings, so that such streams are not run on the symbolic machine for nothing."""
+    try:
+        from .unpickler import _global_names
+        names = _global_names(data)
+    except Exception:
+        names = None
+    if names is None:
+        try:
+            names = _globals_through_memo(data)
+        except Exception:
+            names = None
+    return names
+
+
+def _globals_through_memo(data) -> list[tuple[str, str]] | None:
+    """``stream_globals`` with memo fetches followed: only the last two pushes are tracked
+    (str literals, or fetches of memo entries that held one); any other opcode forgets
+    them, so a STACK_GLOBAL is read only when both its operands are known strings."""
+    from .format.opcodes import Role
+    from .format.reader import read_ops
+
+    memo: dict[int, str | None] = {}
+    previous = last = None
+    names = []
+    for op in read_ops(data):
+        code = op.opcode
+        role = code.role
+        if code.imports:
+            if code.name == "STACK_GLOBAL":
+                if type(previous) is not str or type(last) is not str:
+                    return None
+                names.append((previous, last))
+            elif code.name in ("GLOBAL", "INST"):
+                names.append(tuple(op.arg))
+            else:
+                return None   # extension codes: the name is in a process-wide table
+            previous = last = None
+        elif role is Role.PUSH:
+            previous, last = last, op.arg if code.pushes_str and type(op.arg) is str else None
+        elif role is Role.GET:
+            previous, last = last, memo.get(op.arg)
+        elif role is Role.DUP:
+            previous = last
+        elif role is Role.PUT:
+            memo[op.arg] = last
+        elif role is Role.MEMOIZE:
+            memo[len(memo)] = last
+        elif role not in (Role.PROTO, Role.FRAME, Role.STOP):
+            previous = last = None
+    return names
+
+
 def check_dtypes(data, find_class) -> None:
     """Check every numpy dtype the pickle ``data`` builds, before it is loaded.
 
@@ -148,12 +208,8 @@ def check_dtypes(data, find_class) -> None:
     from .format.machine import Build, Call, Global, Node, simulate
 
     # Most streams name no dtype at all (mason's own arrays carry a .npy description): the
-    # compiled pass that lists a stream's globals says so without running the machine.
-    try:
-        from .unpickler import _global_names
-        names = _global_names(data)
-    except Exception:
-        names = None
+    # list of a stream's globals says so without running the machine.
+    names = stream_globals(data)
     if names is not None:
         for module, name in names:
             try:

@@ -38,11 +38,8 @@ def _refuse(message: str):
 def _names_any(data, find_class, wanted) -> bool:
     """Whether the stream names a global that resolves to one of ``wanted`` (True when the
     names cannot be read off the stream without running it)."""
-    try:
-        from .unpickler import _global_names
-        names = _global_names(data)
-    except Exception:
-        names = None
+    from ._numpy_checks import stream_globals
+    names = stream_globals(data)
     if names is None:
         return True
     targets = wanted()

@@ -296,3 +296,27 @@ def test_a_trusted_load_of_a_torch_checkpoint(tmp_path):
     torch.save({"a": base, "b": base[2:]}, path)
     got = mason.load(path, trusted=True)
     assert torch.equal(got["b"], base[2:]) and _same_storage(got["a"], got["b"])
+
+
+def test_a_tensor_container_is_not_run_on_the_symbolic_machine(tmp_path, monkeypatch):
+    # its stream names two functions of mason.arrays, the second through a memoized module
+    # string: the globals are still read off the stream, and no dtype check needs a run
+    import numpy as np
+
+    from mason._numpy_checks import stream_globals
+    from mason.format import machine
+
+    state = {"w": torch.ones(3), "b": torch.zeros(2), "n": np.arange(4)}
+    path = tmp_path / "mixed.mason"
+    mason.dump(state, path)
+    with zipfile.ZipFile(path) as archive:
+        names = stream_globals(archive.read("data.pkl"))
+    assert names is not None and ("mason.arrays", "rebuild_storage") in names
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the stream was run on the symbolic machine")
+    monkeypatch.setattr(machine, "simulate", refuse)
+    got = mason.load(path, preset=["numpy", "torch"])
+    assert torch.equal(got["w"], state["w"]) and got["n"].tolist() == [0, 1, 2, 3]
+    with pytest.raises(AssertionError, match="symbolic machine"):
+        mason.loads(pickle.dumps(np.dtype([("a", "<f8")])), preset="numpy")

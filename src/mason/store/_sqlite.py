@@ -66,6 +66,7 @@ policy like any other.
 from __future__ import annotations
 
 import atexit
+import mmap
 import os
 import random
 import re
@@ -90,10 +91,15 @@ _MMAP_SIZE = 1 << 30 if sys.maxsize > 2 ** 32 else 0  # address space, not memor
 INLINE_MAX = 16 * 1024  # a pickle this long, or with buffers, goes to the values file
 _ALIGN = 4096  # extents are whole pages: an overwrite never reads a page it half-covers
 _CHECKPOINT_EVERY = 512  # writes between two wakes of the checkpoint thread
-_AUTOCHECKPOINT = 10_000  # the writers' own checkpoint, in WAL pages: a backstop only
+# The writers' own checkpoint, in WAL pages.  It also lets the WAL start again from its
+# beginning, which the thread's passive checkpoints, racing with writers, rarely can.
+_AUTOCHECKPOINT = 2_000
 _NONCE = struct.Struct("<Q")
 _LENGTHS = struct.Struct("<Q")  # the pickle's length, then each buffer's (low bit: writable)
 _NO_EPOCH = 1 << 62  # allocate from any free extent
+_SQL_FIT = "SELECT len, off FROM mason_free WHERE len >= ? AND epoch < ? ORDER BY len LIMIT 1"
+_SQL_TAKE = f"DELETE FROM mason_free WHERE (len, off) = ({_SQL_FIT}) RETURNING len, off"
+_RETURNING = sqlite3.sqlite_version_info >= (3, 35)
 
 # SQLite primary result codes that mean "someone else holds a lock: try again later".
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
@@ -170,17 +176,6 @@ if hasattr(os, "pwritev"):
                     rest, done = rest[n:], done + n
             offset += total
 
-    def _preadv(fd: int, parts: list, offset: int) -> int:
-        done = 0
-        for i in range(0, len(parts), _IOV):
-            chunk = parts[i:i + _IOV]
-            n = os.preadv(fd, chunk, offset + done)
-            done += n
-            if n < sum(len(p) for p in chunk):
-                break  # end of file: the caller sees the short count
-        return done
-
-    _pread = os.pread
 else:  # Windows: no positional I/O in os; one lock serialises seek-then-transfer
     _io_lock = threading.Lock()
 
@@ -191,23 +186,6 @@ else:  # Windows: no positional I/O in os; one lock serialises seek-then-transfe
                 view = memoryview(part).cast("B")
                 while view:
                     view = view[os.write(fd, view):]
-
-    def _preadv(fd: int, parts: list, offset: int) -> int:
-        with _io_lock:
-            os.lseek(fd, offset, os.SEEK_SET)
-            done = 0
-            for part in parts:
-                data = os.read(fd, len(part))
-                part[:len(data)] = data
-                done += len(data)
-                if len(data) < len(part):
-                    break
-            return done
-
-    def _pread(fd: int, n: int, offset: int) -> bytes:
-        with _io_lock:
-            os.lseek(fd, offset, os.SEEK_SET)
-            return os.read(fd, n)
 
 
 def _close_fd(fd: int) -> None:
@@ -350,6 +328,7 @@ class SQLiteBackend:
         self._local = threading.local()
         self._closed = False
         self._writes = 0
+        self._map = None  # see _mapping
         self._checkpointer = _Checkpointer(self.path)
         # A store dropped without close() still ends its thread.
         weakref.finalize(self, self._checkpointer.stop, False)
@@ -529,11 +508,14 @@ class SQLiteBackend:
         else:
             limit = _NO_EPOCH  # it frees only after it allocates: anything free will do
         for attempt in (0, 1):
-            row = cur.execute("SELECT len, off FROM mason_free WHERE len >= ? AND epoch < ? "
-                              "ORDER BY len LIMIT 1", (need, limit)).fetchone()
+            if _RETURNING:  # one statement finds and takes the best fit
+                row = cur.execute(_SQL_TAKE, (need, limit)).fetchone()
+            else:
+                row = cur.execute(_SQL_FIT, (need, limit)).fetchone()
+                if row is not None:
+                    cur.execute("DELETE FROM mason_free WHERE len = ? AND off = ?", row)
             if row is not None:
                 size, off = row
-                cur.execute("DELETE FROM mason_free WHERE len = ? AND off = ?", row)
                 if size > need:  # the rest stays free, as old as it was
                     cur.execute("INSERT INTO mason_free VALUES (?, ?, 0)",
                                 (size - need, off + need))
@@ -598,27 +580,43 @@ class SQLiteBackend:
         layout, off, size, nonce, nbuf = row
         if layout.__class__ is not bytes or len(layout) != 8 * (nbuf + 1) or off < 0:
             raise self._damaged("a value's row does not describe its extent")
-        lengths = [n for (n,) in _LENGTHS.iter_unpack(layout)]
-        total = 16 + sum(n >> 1 for n in lengths)
+        if nbuf:
+            lengths = [n for (n,) in _LENGTHS.iter_unpack(layout)]
+            total = 16 + sum(n >> 1 for n in lengths)
+        else:
+            total = 16 + (_LENGTHS.unpack(layout)[0] >> 1)
         if total > size:
             raise self._damaged("a value is longer than its extent")
         tag = _NONCE.pack(nonce)
-        if not nbuf:
-            raw = _pread(self._fd, total, off)
-            ok = len(raw) == total and raw[:8] == tag and raw[-8:] == tag
+        mapped = self._mapping(off + total)
+        if mapped is None:  # shorter than the row says
+            ok, data, buffers = False, b"", None
+        elif not nbuf:
+            raw = mapped[off:off + total]  # a copy: a later put cannot change it
+            ok = raw[:8] == tag and raw[-8:] == tag
             data, buffers = memoryview(raw)[8:-8], None
         else:
-            # One read straight into the buffers the loader gets: a writable buffer comes
-            # back as a bytearray of its own, a read-only one as a read-only view of one.
-            head, tail = bytearray(8), bytearray(8)
-            parts = [head] + [bytearray(n >> 1) for n in lengths] + [tail]
-            ok = _preadv(self._fd, parts, off) == total and head == tag and tail == tag
-            data = parts[1]
-            buffers = [part if n & 1 else memoryview(part).toreadonly()
-                       for part, n in zip(parts[2:-1], lengths[1:])]
+            # Each piece copied once: a writable buffer into a bytearray of its own (the
+            # array comes back writable, as with pickle), a read-only one into bytes.
+            view = memoryview(mapped)
+            ok = view[off:off + 8] == tag and view[off + total - 8:off + total] == tag
+            pos = off + 8 + (lengths[0] >> 1)
+            data = mapped[off + 8:pos]
+            buffers = []
+            for n in lengths[1:]:
+                end = pos + (n >> 1)
+                buffers.append(bytearray(view[pos:end]) if n & 1 else mapped[pos:end])
+                pos = end
+            view.release()
         if not holder.conn.in_transaction:
             # Unchanged since the read: the extent was not freed, so not reused, meanwhile.
-            now = self._retry(lambda: holder.cur.execute(self._sql_nonce, (key,)).fetchone())
+            cur = holder.cur
+            try:
+                now = cur.execute(self._sql_nonce, (key,)).fetchone()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                now = self._retry(lambda: cur.execute(self._sql_nonce, (key,)).fetchone())
             if now is None or now[0] != nonce:
                 return None
         if not ok:
@@ -626,6 +624,23 @@ class SQLiteBackend:
                 "a value's bytes in the values file are not the ones its row expects (the "
                 "file was written by something else, or lost writes in a power failure)")
         return data, buffers
+
+    def _mapping(self, end: int):
+        """A read-only memory map of the values file covering ``[0, end)``, or None if the
+        file is shorter.  Reads copy out of it: no system call per read, and no page that a
+        later write can change is handed out.  (Like SQLite's own ``mmap_size``, it assumes
+        that nothing but mason truncates the file.)"""
+        mapped = self._map
+        if mapped is not None and len(mapped) >= end:
+            return mapped
+        with self._lock:
+            mapped = self._map
+            if mapped is None or len(mapped) < end:
+                size = os.fstat(self._fd).st_size
+                if size < end:
+                    return None
+                mapped = self._map = mmap.mmap(self._fd, size, access=mmap.ACCESS_READ)
+        return mapped
 
     # -- the mapping ---------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import threading
+from _pickle import dumps as _c_dumps
 from pickle import PickleBuffer
 from typing import Any, Iterable
 
@@ -102,21 +103,26 @@ def make_policy(allow: Iterable[str] | None, preset, policy: Policy | None,
 class Codec:
     """Pickles values for one store and loads them under its policy."""
 
-    __slots__ = ("policy", "limits", "trusted")
+    __slots__ = ("policy", "limits", "trusted", "plain")
 
     def __init__(self, policy: Policy | None, limits: Limits | None):
         self.policy = policy
         self.trusted = policy is None
         self.limits = limits
+        self.plain = policy is Policy.default() and limits is None
 
     @staticmethod
     def pack(value: Any) -> tuple[bytes, list[memoryview]]:
         """``(pickle, buffers)``: the protocol 5 pickle and its out-of-band buffers, as
         memoryviews of the value's own memory (no copy; keep ``value`` alive until written)."""
+        cls = value.__class__
+        if cls is bytes or cls is str:
+            # It names no global and holds no buffer to take out: the C pickler alone (what
+            # mason.dumps would also write, without searching a large pickle for __main__).
+            return _c_dumps(value, 5), []
         data = dumps(value)
-        # A pickle shorter than OOB_MIN holds no buffer that would travel out of band; a str
-        # or bytes has no buffer to take out at all.
-        if len(data) < OOB_MIN or value.__class__ is bytes or value.__class__ is str:
+        # A pickle shorter than OOB_MIN holds no buffer that would travel out of band.
+        if len(data) < OOB_MIN:
             return data, []
         return Codec._pack_out_of_band(value)
 
@@ -142,6 +148,8 @@ class Codec:
 
     def load(self, data, buffers=None) -> Any:
         """The value of a stored pickle, calling only what the policy allows."""
+        if self.plain and buffers is None:
+            return loads(data)  # the default policy and limits: loads's own fast path
         if self.trusted:
             return loads(data, buffers=buffers, trusted=True, limits=self.limits)
         return loads(data, buffers=buffers, policy=self.policy, limits=self.limits)

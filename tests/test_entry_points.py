@@ -110,3 +110,14 @@ def test_main_classes_travel_by_value_across_processes(tmp_path):
     data = subprocess.run([sys.executable, "-c", script], capture_output=True, env=env,
                           check=True).stdout
     assert mason.loads(data, trusted=True).double() == 42
+
+
+def test_the_output_search_finds_main_at_every_offset():
+    # dumps_plain declines (NotImplemented) when its output names __main__: the search runs
+    # 64, then 16 positions at a time, then one by one, so try every length and offset.
+    for length in range(0, 150, 7):
+        for at in range(length + 1):
+            text = "a" * at + "__main__" + "b" * (length - at)
+            assert entry.dumps_plain(text) is NotImplemented, (length, at)
+            near_miss = "a" * at + "__mai_n_" + "b" * (length - at)
+            assert entry.dumps_plain(near_miss) == pickle.dumps(near_miss, 5)

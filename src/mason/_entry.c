@@ -182,6 +182,15 @@ has_main(const char *buf, Py_ssize_t len)
     Py_ssize_t i = 0;
 #ifdef __SSE2__
     const __m128i first = _mm_set1_epi8('_'), third = _mm_set1_epi8('m');
+#define HIT(at) _mm_and_si128( \
+        _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(buf + (at))), first), \
+        _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(buf + (at) + 2)), third))
+    /* 64 positions at a time while none is a candidate: the usual case. */
+    while (i + 8 + 64 <= len
+           && !_mm_movemask_epi8(_mm_or_si128(_mm_or_si128(HIT(i), HIT(i + 16)),
+                                              _mm_or_si128(HIT(i + 32), HIT(i + 48)))))
+        i += 64;
+#undef HIT
     for (; i + 8 + 16 <= len; i += 16) {
         const __m128i a = _mm_loadu_si128((const __m128i *)(buf + i));
         const __m128i c = _mm_loadu_si128((const __m128i *)(buf + i + 2));

@@ -165,38 +165,64 @@ def _globals_through_memo(data) -> list[tuple[str, str]] | None:
     """``stream_globals`` with memo fetches followed: only the last two pushes are tracked
     (str literals, or fetches of memo entries that held one); any other opcode forgets
     them, so a STACK_GLOBAL is read only when both its operands are known strings."""
-    from .format.opcodes import Role
     from .format.reader import read_ops
 
+    actions = _memo_actions()
     memo: dict[int, str | None] = {}
     previous = last = None
     names = []
-    for op in read_ops(data):
-        code = op.opcode
-        role = code.role
-        if code.imports:
-            if code.name == "STACK_GLOBAL":
-                if type(previous) is not str or type(last) is not str:
-                    return None
-                names.append((previous, last))
-            elif code.name in ("GLOBAL", "INST"):
-                names.append(tuple(op.arg))
-            else:
-                return None   # extension codes: the name is in a process-wide table
-            previous = last = None
-        elif role is Role.PUSH:
-            previous, last = last, op.arg if code.pushes_str and type(op.arg) is str else None
-        elif role is Role.GET:
-            previous, last = last, memo.get(op.arg)
-        elif role is Role.DUP:
-            previous = last
-        elif role is Role.PUT:
-            memo[op.arg] = last
-        elif role is Role.MEMOIZE:
+    for _, code, arg, _ in read_ops(data):
+        action = actions[code.code]
+        if action == _PUSH:
+            previous, last = last, None
+        elif action == _PUSH_STR:
+            previous, last = last, arg if type(arg) is str else None
+        elif action == _MEMOIZE:
             memo[len(memo)] = last
-        elif role not in (Role.PROTO, Role.FRAME, Role.STOP):
+        elif action == _GET:
+            previous, last = last, memo.get(arg)
+        elif action == _PUT:
+            memo[arg] = last
+        elif action == _STACK_GLOBAL:
+            if type(previous) is not str or type(last) is not str:
+                return None
+            names.append((previous, last))
             previous = last = None
+        elif action == _GLOBAL:
+            names.append(tuple(arg))
+            previous = last = None
+        elif action == _DUP:
+            previous = last
+        elif action == _FORGET:
+            previous = last = None
+        elif action == _UNKNOWN:
+            return None   # extension codes: the name is in a process-wide table
     return names
+
+
+(_PUSH, _PUSH_STR, _MEMOIZE, _GET, _PUT, _STACK_GLOBAL, _GLOBAL, _DUP, _FORGET, _KEEP,
+ _UNKNOWN) = range(11)
+_ACTIONS: list = []
+
+
+def _memo_actions() -> list:
+    """What ``_globals_through_memo`` does for each opcode byte, from the opcode table."""
+    if not _ACTIONS:
+        _ACTIONS.extend([_UNKNOWN] * 256)
+        from .format.opcodes import OPCODES, Role
+
+        by_role = {Role.PUSH: _PUSH, Role.MEMOIZE: _MEMOIZE, Role.GET: _GET, Role.PUT: _PUT,
+                   Role.DUP: _DUP, Role.PROTO: _KEEP, Role.FRAME: _KEEP, Role.STOP: _KEEP}
+        for code in OPCODES:
+            if code.imports:
+                action = {"STACK_GLOBAL": _STACK_GLOBAL, "GLOBAL": _GLOBAL,
+                          "INST": _GLOBAL}.get(code.name, _UNKNOWN)
+            elif code.role == Role.PUSH and code.pushes_str:
+                action = _PUSH_STR
+            else:
+                action = by_role.get(code.role, _FORGET)
+            _ACTIONS[code.code] = action
+    return _ACTIONS
 
 
 def check_dtypes(data, find_class) -> None:

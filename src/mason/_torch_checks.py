@@ -17,10 +17,14 @@ Sparse and quantized tensors (``_rebuild_sparse_tensor``, ``_rebuild_qtensor``, 
 tensor's storage must come from the loader and its geometry and per-channel parameters fit
 its size; a sparse tensor's indices are validated against its size (torch's own
 invariant checks) before the load returns it.
+
+mason's own tensors (``mason.arrays``) keep their storage's rebuild here: ``TensorStorage``
+and ``rebuild_storage``.
 """
 
 from __future__ import annotations
 
+import pickle
 import threading
 from collections import OrderedDict
 
@@ -29,7 +33,7 @@ from .errors import UnsafeGlobalError
 __all__ = ["StorageType", "STORAGE_TYPES", "LoadedStorage", "rebuild_tensor_v2",
            "rebuild_parameter", "rebuild_parameter_with_state", "rebuild_from_type_v2",
            "load_from_bytes", "rebuild_qtensor", "rebuild_sparse_tensor", "get_layout",
-           "deferred_sparse_checks"]
+           "deferred_sparse_checks", "TensorStorage", "rebuild_storage"]
 
 
 def _refuse(message: str):
@@ -385,3 +389,66 @@ def _validate_sparse(tensor) -> None:
     except (RuntimeError, ValueError, IndexError) as exc:
         _refuse(f"torch sparse tensor of size {tuple(tensor.size())} whose indices do not "
                 f"fit it: {str(exc)[:200]}")
+
+
+# --- mason's own tensors (mason.arrays) ------------------------------------------------------
+#
+# They live here, beside torch's, and are re-exported by mason.arrays: a pickle names
+# rebuild_storage under this module, and rebuild_tensor_view under mason.arrays.  With two
+# module names, the pickler writes each as a literal; two functions of one module make it
+# fetch the module's name from the memo for the second, and the compiled pass that lists a
+# stream's globals (which decides, among other things, whether a load needs the symbolic
+# machine) cannot follow a memo fetch.
+
+class TensorStorage:
+    """The bytes of one torch storage in a pickle: one object per storage, so that the
+    pickler writes it (and hands its buffer out) once and every tensor that views it
+    refers to it by memo.  Loaded back by ``rebuild_storage``, it holds ``data``, a 1-d
+    uint8 tensor over those bytes, for ``rebuild_tensor_view``."""
+
+    __slots__ = ("buffer", "data")
+
+    def __init__(self, buffer=None, data=None):
+        self.buffer = buffer      # when saving: a PickleBuffer of the storage's bytes
+        self.data = data          # when loaded: a torch.uint8 tensor over them
+
+    @classmethod
+    def of(cls, untyped) -> "TensorStorage":
+        import numpy as np
+        import torch
+
+        if untyped.nbytes():
+            raw = torch.empty(0, dtype=torch.uint8).set_(untyped).numpy()
+        else:
+            raw = np.empty(0, np.uint8)
+        return cls(pickle.PickleBuffer(raw))
+
+    def __reduce__(self):
+        if self.buffer is None:
+            raise pickle.PicklingError("a loaded mason TensorStorage is not pickled again: "
+                                       "pickle the tensors that use it")
+        return rebuild_storage, (self.buffer,)
+
+
+def rebuild_storage(buffer) -> TensorStorage:
+    """The storage that ``reduce_tensor`` wrote: a view of ``buffer`` when it is writable (a
+    file container's copy-on-write map, or a buffer read into memory), else one copy
+    (torch has no read-only tensors: a view of read-only memory would crash on the first
+    write).  Either way, every tensor of the storage views the same memory."""
+    import torch
+
+    try:
+        if isinstance(buffer, TensorStorage):
+            raise TypeError
+        view = memoryview(buffer)
+    except TypeError:
+        raise UnsafeGlobalError(f"mason rebuild_storage called with "
+                                f"{type(buffer).__name__}: a buffer of bytes is expected"
+                                ) from None
+    if view.readonly:
+        view = memoryview(bytearray(view))
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    if not view.nbytes:
+        return TensorStorage(data=torch.empty(0, dtype=torch.uint8))
+    return TensorStorage(data=torch.frombuffer(view, dtype=torch.uint8))

@@ -34,6 +34,7 @@ import sys
 from typing import Any
 
 from ._numpy_checks import rebuild_array
+from ._torch_checks import TensorStorage, rebuild_storage
 from .errors import UnsafeGlobalError
 
 __all__ = ["reduce_ndarray", "reduce_tensor", "rebuild_array", "rebuild_tensor",
@@ -129,64 +130,6 @@ def reduce_tensor(tensor, storages: dict | None = None) -> Any:
                                  cls is torch.nn.Parameter)
 
 
-class TensorStorage:
-    """The bytes of one torch storage in a pickle: one object per storage, so that the
-    pickler writes it (and hands its buffer out) once and every tensor that views it
-    refers to it by memo.  Loaded back by ``rebuild_storage``, it holds ``data``, a 1-d
-    uint8 tensor over those bytes, for ``rebuild_tensor_view``."""
-
-    __slots__ = ("buffer", "data")
-
-    def __init__(self, buffer=None, data=None):
-        self.buffer = buffer      # when saving: a PickleBuffer of the storage's bytes
-        self.data = data          # when loaded: a torch.uint8 tensor over them
-
-    @classmethod
-    def of(cls, untyped) -> "TensorStorage":
-        import numpy as np
-        import torch
-
-        if untyped.nbytes():
-            raw = torch.empty(0, dtype=torch.uint8).set_(untyped).numpy()
-        else:
-            raw = np.empty(0, np.uint8)
-        return cls(pickle.PickleBuffer(raw))
-
-    def __reduce__(self):
-        if self.buffer is None:
-            raise pickle.PicklingError("a loaded mason TensorStorage is not pickled again: "
-                                       "pickle the tensors that use it")
-        return rebuild_storage, (self.buffer,)
-
-
-def rebuild_storage(buffer) -> TensorStorage:
-    """The storage that ``reduce_tensor`` wrote: a view of ``buffer`` when it is writable (a
-    file container's copy-on-write map, or a buffer read into memory), else one copy
-    (torch has no read-only tensors: a view of read-only memory would crash on the first
-    write).  Either way, every tensor of the storage views the same memory."""
-    import torch
-
-    if isinstance(buffer, TensorStorage) or not _is_buffer(buffer):
-        raise UnsafeGlobalError(f"mason rebuild_storage called with "
-                                f"{type(buffer).__name__}: a buffer of bytes is expected")
-    view = memoryview(buffer)
-    if view.readonly:
-        view = memoryview(bytearray(view))
-    if view.format != "B" or view.ndim != 1:
-        view = view.cast("B")
-    if not view.nbytes:
-        return TensorStorage(data=torch.empty(0, dtype=torch.uint8))
-    return TensorStorage(data=torch.frombuffer(view, dtype=torch.uint8))
-
-
-def _is_buffer(obj) -> bool:
-    try:
-        memoryview(obj)
-    except TypeError:
-        return False
-    return True
-
-
 def rebuild_tensor_view(storage, dtype: str, offset: int, shape, stride,
                         requires_grad: bool = False, parameter: bool = False):
     """A tensor over ``storage`` (from ``rebuild_storage``) at ``offset`` with ``shape``
@@ -207,7 +150,7 @@ def rebuild_tensor_view(storage, dtype: str, offset: int, shape, stride,
                                 "and stride tuples of ints >= 0 of one length, requires_grad "
                                 "and parameter bools")
     kind = getattr(torch, dtype)
-    itemsize = torch.empty((), dtype=kind).element_size()
+    itemsize = kind.itemsize
     nbytes = storage.data.numel()
     if all(shape):
         end = (offset + sum((n - 1) * s for n, s in zip(shape, stride)) + 1) * itemsize

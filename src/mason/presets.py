@@ -115,8 +115,8 @@ TORCH_NAMES = (
     "torch.sparse_bsc", "torch.per_tensor_affine", "torch.per_channel_affine",
     "torch.per_channel_affine_float_qparams",
     # mason's own out-of-band tensors (mason.arrays): the rebuilds check what they are given
-    "mason.arrays.rebuild_tensor", "mason.arrays.rebuild_storage",
-    "mason.arrays.rebuild_tensor_view",
+    "mason.arrays.rebuild_tensor", "mason.arrays.rebuild_tensor_view",
+    "mason.arrays.rebuild_storage", "mason._torch_checks.rebuild_storage",
 )
 
 # --- pandas --------------------------------------------------------------------------------

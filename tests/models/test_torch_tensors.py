@@ -299,19 +299,23 @@ def test_a_trusted_load_of_a_torch_checkpoint(tmp_path):
 
 
 def test_a_tensor_container_is_not_run_on_the_symbolic_machine(tmp_path, monkeypatch):
-    # its stream names two functions of mason.arrays, the second through a memoized module
-    # string: the globals are still read off the stream, and no dtype check needs a run
+    # the globals of its stream are read off it (no memo fetch of a module name), and no
+    # dtype check needs a run
     import numpy as np
 
-    from mason._numpy_checks import stream_globals
+    from mason._numpy_checks import _globals_through_memo, stream_globals
     from mason.format import machine
+    from mason.limits import global_names
 
     state = {"w": torch.ones(3), "b": torch.zeros(2), "n": np.arange(4)}
     path = tmp_path / "mixed.mason"
     mason.dump(state, path)
     with zipfile.ZipFile(path) as archive:
-        names = stream_globals(archive.read("data.pkl"))
-    assert names is not None and ("mason.arrays", "rebuild_storage") in names
+        data = archive.read("data.pkl")
+    names = stream_globals(data)
+    assert names == global_names(data) == _globals_through_memo(data)
+    assert ("mason._torch_checks", "rebuild_storage") in names
+    assert ("mason.arrays", "rebuild_tensor_view") in names
 
     def refuse(*args, **kwargs):
         raise AssertionError("the stream was run on the symbolic machine")
@@ -320,3 +324,16 @@ def test_a_tensor_container_is_not_run_on_the_symbolic_machine(tmp_path, monkeyp
     assert torch.equal(got["w"], state["w"]) and got["n"].tolist() == [0, 1, 2, 3]
     with pytest.raises(AssertionError, match="symbolic machine"):
         mason.loads(pickle.dumps(np.dtype([("a", "<f8")])), preset="numpy")
+
+
+def test_globals_are_read_through_memoized_module_names():
+    # two globals of one module: the pickler fetches the module's name from the memo for
+    # the second, which the compiled pass does not follow
+    import collections
+
+    from mason._numpy_checks import _globals_through_memo, stream_globals
+
+    data = pickle.dumps([collections.OrderedDict(a=1), collections.Counter("ab")], 5)
+    assert stream_globals(data) == _globals_through_memo(data) == [
+        ("collections", "OrderedDict"), ("collections", "Counter")]
+    assert _globals_through_memo(b"\x80\x04\x82\x01.") is None   # an extension code

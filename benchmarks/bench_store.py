@@ -9,8 +9,10 @@ Contenders, each in its default configuration, used as its documentation shows:
 
 * ``mason.Store``: SQLite in WAL mode, synchronous=NORMAL; every put is its own committed
   transaction (``store[k] = v``), and the "batched" rows wrap the loop in
-  ``store.transaction()``; values are loaded under its default policy (plus numpy's two
-  names for the array rows), the peers load with pickle;
+  ``store.transaction()``; values of 16 KiB and more (and arrays' out-of-band buffers) are
+  written to the values file beside the database before the row that points to them commits;
+  values are loaded under its default policy (plus numpy's two names for the array rows),
+  the peers load with pickle;
 * ``shelve``: the standard library's, on whichever dbm this Python has (the table says which);
   its writes are durable only at ``sync()`` / ``close()``, which the put rows include;
 * ``sqlitedict.SqliteDict``: default ``autocommit=False``, ``commit()`` at the end of the loop
@@ -35,6 +37,8 @@ medians: each repeat times every contender once, in a rotating order):
 
 Per-operation times are the median call divided by the number of operations.  The verdict
 column holds mason.Store against the fastest peer on each row, and lost writes against zero.
+The output starts with what one put of each contender guarantees (atomic commit, survives a
+killed process, fsync), because the contenders do not all do the same work for a put.
 """
 
 from __future__ import annotations
@@ -77,6 +81,7 @@ class Peer:
     """One library: how to open it, write a loop, read a loop and close it."""
 
     name = ""
+    durability = ""  # what one put guarantees, printed above the table
 
     def __init__(self, root: str):
         self.dir = tempfile.mkdtemp(prefix=f"{self.name.replace('.', '_')}-", dir=root)
@@ -102,6 +107,8 @@ class Peer:
 
 class MasonStore(Peer):
     name = "mason.Store"
+    durability = ("each put an atomic committed transaction (WAL, synchronous=NORMAL): "
+                  "survives a killed process; no fsync per put (fsync at checkpoints)")
 
     def __init__(self, root: str, location: str | None = None):
         super().__init__(root)
@@ -135,6 +142,7 @@ class MasonStore(Peer):
 
 class MasonRedis(MasonStore):
     name = "mason.Store redis"
+    durability = "each put one HSET on the server; durability is the server's configuration"
 
     def version(self) -> str:
         return f"Redis at {self.location}"
@@ -142,6 +150,8 @@ class MasonRedis(MasonStore):
 
 class Shelve(Peer):
     name = "shelve"
+    durability = ("no transaction, no fsync: dbm.dumb overwrites the value in place; its "
+                  "index is written at sync() (a killed process can lose or tear writes)")
 
     def open(self, tag: str):
         import shelve
@@ -163,6 +173,8 @@ class Shelve(Peer):
 
 class SqliteDictPeer(Peer):
     name = "sqlitedict"
+    durability = ("one commit at the end of each loop (autocommit=False); journal_mode=DELETE, "
+                  "synchronous=OFF: no fsync")
 
     def open(self, tag: str):
         from sqlitedict import SqliteDict
@@ -182,6 +194,8 @@ class SqliteDictPeer(Peer):
 
 class DiskCachePeer(Peer):
     name = "diskcache"
+    durability = ("each set its own committed transaction (WAL, synchronous=NORMAL); values "
+                  "over 32 KB in files of their own, not fsynced")
 
     def open(self, tag: str):
         import diskcache
@@ -380,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
               f"load {env['loadavg']}")
         for peer in peers:
             print(f"  {peer.name}: {peer.version()}")
+        print("What one put does:")
+        for peer in peers:
+            print(f"  {peer.name}: {peer.durability}")
         print(f"N = {n_small:,} small records, M = {n_large:,} values of 100 KB; "
               f"{repeat} interleaved repeats, median per operation\n", flush=True)
         results = harness.measure(contenders, workloads, repeat=repeat, min_time=0.0)

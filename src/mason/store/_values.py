@@ -8,9 +8,10 @@ keeps only a NEXT_BUFFER placeholder, and the buffer's memory goes to the backen
 never parsed by the loader).  Buffers under ``OOB_MIN`` bytes stay in band, where taking them
 out would cost more than the copy.
 
-Most values are small records with no buffer at all: they take ``mason.dumps``'s one C call,
-and only a pickle of ``OOB_MIN`` bytes or more, which may hold a buffer worth taking out, is
-made again by the pickler that takes buffers out of band.
+Most values take one call of the C pickler: a builtin container through ``mason.dumps``,
+anything else with a ``buffer_callback`` that takes the buffers of numpy's contiguous arrays.
+Only a value whose pickle holds ``OOB_MIN`` bytes or more in band, or that must travel by
+value, is pickled again by mason's Pickler (by value, and arrays of any layout out of band).
 
 Every load goes through ``mason.loads`` under the store's policy, whoever wrote the bytes:
 the database is not trusted, so hostile bytes planted in it are refused like any other.
@@ -24,6 +25,7 @@ from _pickle import dumps as _c_dumps
 from pickle import PickleBuffer
 from typing import Any, Iterable
 
+from ..byvalue import needs_by_value
 from ..limits import Limits
 from ..pickler import Pickler, dumps
 from ..policy import Policy
@@ -33,6 +35,8 @@ __all__ = ["Codec", "OOB_MIN", "make_policy"]
 
 # Buffers at least this large travel out of band.
 OOB_MIN = 16 * 1024
+# Builtin containers, which usually hold small plain data (see Codec.pack).
+_CONTAINERS = frozenset({dict, list, tuple, set, frozenset})
 # A thread's pickler is dropped after a pickle this large, so its buffer does not stay around.
 _KEEP_MAX = 1 << 20
 
@@ -117,14 +121,38 @@ class Codec:
         memoryviews of the value's own memory (no copy; keep ``value`` alive until written)."""
         cls = value.__class__
         if cls is bytes or cls is str:
-            # It names no global and holds no buffer to take out: the C pickler alone (what
-            # mason.dumps would also write, without searching a large pickle for __main__).
+            # Names no global and holds no buffer: the C pickler alone (what mason.dumps also
+            # writes, without searching a large pickle for __main__).
             return _c_dumps(value, 5), []
-        data = dumps(value)
-        # A pickle shorter than OOB_MIN holds no buffer that would travel out of band.
-        if len(data) < OOB_MIN:
-            return data, []
-        return Codec._pack_out_of_band(value)
+        if cls in _CONTAINERS:
+            # Usually a small record: mason.dumps's one C call, and a pickle this short holds
+            # no buffer that would travel out of band.
+            data = dumps(value)
+            if len(data) < OOB_MIN:
+                return data, []
+        # The C pickler alone, taking the buffers it is handed (numpy's contiguous
+        # arrays hand theirs).  If what remains in band is small and names nothing that must
+        # travel by value, that is the pickle mason's Pickler would write too; otherwise
+        # that Pickler does it again (by value, and arrays of any layout out of band).
+        taken: list[memoryview] = []
+
+        def take(buf: PickleBuffer):
+            try:
+                view = buf.raw()
+            except BufferError:  # not contiguous: in band
+                return True
+            if view.nbytes < OOB_MIN:
+                return True
+            taken.append(view)
+            return False
+
+        try:
+            data = _c_dumps(value, 5, buffer_callback=take)
+        except Exception:
+            return Codec._pack_out_of_band(value)
+        if len(data) >= OOB_MIN or needs_by_value(data, len(data)):
+            return Codec._pack_out_of_band(value)
+        return data, taken
 
     @staticmethod
     def _pack_out_of_band(value: Any) -> tuple[bytes, list[memoryview]]:

@@ -52,6 +52,7 @@ STORAGE_TYPES = {
     "QUInt8Storage": "quint8", "QInt8Storage": "qint8", "QInt32Storage": "qint32",
 }
 _QUANTIZED = ("quint8", "qint8", "qint32")
+_HUGE = 1 << 62
 
 
 class StorageType:
@@ -115,9 +116,11 @@ def _storage_geometry(what: str, storage, storage_offset, size, stride):
     if type(storage_offset) is not int or storage_offset < 0:
         _refuse(f"torch {what}: the storage offset must be a non-negative int")
     size, stride = _ints(size, "size"), _ints(stride, "stride")
-    if len(size) != len(stride) or any(n < 0 for n in size) or any(s < 0 for s in stride):
-        _refuse(f"torch {what}: size and stride must be non-negative, one each per "
-                f"dimension")
+    if len(size) != len(stride) or storage_offset >= _HUGE \
+            or not all(0 <= n < _HUGE for n in size + stride):
+        # (torch takes them as int64: a larger one would fail with an overflow error)
+        _refuse(f"torch {what}: size and stride must be non-negative and below 2**62, one "
+                f"each per dimension")
     itemsize = storage.dtype.itemsize
     nbytes = storage.data.numel()
     if all(size):

@@ -168,10 +168,15 @@ def rebuild_tensor_view(storage, dtype: str, offset: int, shape, stride,
 
 
 def _geometry(offset, shape, stride) -> bool:
-    return type(offset) is int and offset >= 0 \
+    # below 2**62 each: torch takes them as int64, and would fail on a larger one with an
+    # overflow error instead of a refusal
+    return type(offset) is int and 0 <= offset < _HUGE \
         and type(shape) is tuple and type(stride) is tuple \
         and len(shape) == len(stride) <= 64 \
-        and all(type(n) is int and n >= 0 for n in shape + stride)
+        and all(type(n) is int and 0 <= n < _HUGE for n in shape + stride)
+
+
+_HUGE = 1 << 62
 
 
 def rebuild_tensor(buffer, dtype: str, shape, requires_grad: bool = False,

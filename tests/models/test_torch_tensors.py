@@ -146,6 +146,9 @@ def test_rebuild_tensor_view_stays_inside_its_storage():
         rebuild_tensor_view(storage, "float32", -1, (1,), (1,))
     with pytest.raises(UnsafeGlobalError):
         rebuild_tensor_view(storage, "object", 0, (1,), (1,))
+    for offset, shape, stride in [(0, (0, 2**70), (1, 1)), (2**70, (0,), (1,))]:
+        with pytest.raises(UnsafeGlobalError):   # not an overflow error from torch
+            rebuild_tensor_view(storage, "float32", offset, shape, stride)
     with pytest.raises(UnsafeGlobalError):
         rebuild_storage(TensorStorage(data=torch.zeros(2, dtype=torch.uint8)))
     assert rebuild_tensor_view(storage, "float32", 1, (3,), (1,)).shape == (3,)
@@ -337,3 +340,13 @@ def test_globals_are_read_through_memoized_module_names():
     assert stream_globals(data) == _globals_through_memo(data) == [
         ("collections", "OrderedDict"), ("collections", "Counter")]
     assert _globals_through_memo(b"\x80\x04\x82\x01.") is None   # an extension code
+
+
+def test_checkpoint_geometry_beyond_int64_is_refused():
+    from mason._torch_checks import LoadedStorage, rebuild_tensor_v2
+
+    storage = LoadedStorage(torch.zeros(16, dtype=torch.uint8), torch.float32, "0")
+    for offset, size, stride in [(0, (0, 2**70), (1, 1)), (2**70, (0,), (1,))]:
+        with pytest.raises(UnsafeGlobalError, match="below 2\\*\\*62"):
+            rebuild_tensor_v2(storage, offset, size, stride)
+    assert rebuild_tensor_v2(storage, 1, (3,), (1,)).shape == (3,)

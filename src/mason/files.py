@@ -68,13 +68,21 @@ _SIGN_CONTEXT = b"mason signed container\0"
 # --- checksums -----------------------------------------------------------------------------
 
 def _fast_crc32():
-    """zlib's CRC-32, or the same function from ISA-L (the ``isal`` package) when it is
-    installed: the same values, about seven times faster."""
+    """zlib's CRC-32, computed as fast as this installation can: ISA-L's (the ``isal``
+    package) when it is installed, else mason's own with the CPU's carry-less multiply
+    (``mason._crc32``, four times zlib's speed), else zlib's.  The same values, always."""
     try:
         from isal.isal_zlib import crc32
+        return crc32, True
     except ImportError:
-        return zlib.crc32, False
-    return crc32, True
+        pass
+    try:
+        from ._crc32 import HARDWARE, crc32
+    except ImportError:
+        HARDWARE = False
+    if HARDWARE:
+        return crc32, True
+    return zlib.crc32, False
 
 
 crc32, FAST_CRC32 = _fast_crc32()

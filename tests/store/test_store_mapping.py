@@ -249,3 +249,14 @@ def test_redis_unreachable():
 def test_redis_refuses_sqlite_options(redis_url):
     with pytest.raises(TypeError, match="SQLite"):
         Store(redis_url, synchronous="FULL")
+
+
+def test_new_sqlite_stores_use_small_pages(sqlite_path):
+    import sqlite3
+
+    with Store(sqlite_path) as store:
+        store["k"] = "v"
+    conn = sqlite3.connect(sqlite_path)
+    assert conn.execute("PRAGMA page_size").fetchone()[0] == 1024
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()

@@ -91,6 +91,9 @@ class Store(MutableMapping):
             self._backend = SQLiteBackend(location, name=name, timeout=timeout,
                                           synchronous=synchronous or "NORMAL",
                                           allow_network_fs=bool(allow_network_fs))
+        # Bound once: a put is short enough that two attribute lookups show.
+        self._pack = self._codec.pack
+        self._set = self._backend.set
 
     # -- the mapping ---------------------------------------------------------------------------
 
@@ -120,8 +123,8 @@ class Store(MutableMapping):
 
     def __setitem__(self, key, value) -> None:
         kb = encode_key(key)
-        data, buffers = self._codec.pack(value)
-        self._backend.set(kb, data, buffers)
+        data, buffers = self._pack(value)
+        self._set(kb, data, buffers)
 
     def __delitem__(self, key) -> None:
         if not self._backend.delete(encode_key(key)):

@@ -212,3 +212,35 @@ def test_redis_frame_keeps_buffers_beside_the_pickle(redis_url):
     frame = redis.Redis.from_url(redis_url).hget(b"mason:{default}", encode_key("a"))
     assert frame[0] == 1 and len(frame) < a.nbytes + 1_000
     assert frame.endswith(a.tobytes())  # the buffer sits after the pickle, as it was
+
+
+def test_a_transaction_never_reuses_what_it_freed(sqlite_path):
+    """Inside a transaction other readers still see the committed values: the extents it
+    frees must not be written before it commits, savepoints rolled back or not."""
+    import sqlite3
+
+    def committed_extents():
+        conn = sqlite3.connect(sqlite_path)  # another reader: sees only what is committed
+        try:
+            return conn.execute('SELECT ext, size FROM "store_default" '
+                                'WHERE ext IS NOT NULL').fetchall()
+        finally:
+            conn.close()
+
+    with Store(sqlite_path) as store:
+        for i in range(4):
+            store[i] = bytes([i]) * 50_000
+        with store.transaction():
+            seen = committed_extents()
+            with pytest.raises(ZeroDivisionError):
+                with store.transaction():   # its epoch is rolled back with it
+                    store[0] = b"x" * 50_000
+                    1 / 0
+            for i in range(4):
+                store[i] = b"y" * 50_000    # frees the committed extents...
+            store["new"] = b"z" * 50_000    # ...which the next allocation must not take
+            mine = sorted(store._backend._holder().cur.execute(
+                'SELECT ext, size FROM "store_default" WHERE ext IS NOT NULL').fetchall())
+            for a, n in mine:
+                assert all(a + n <= b or b + m <= a for b, m in seen), (mine, seen)
+        assert all(store[i] == b"y" * 50_000 for i in range(4))

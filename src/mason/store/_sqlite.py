@@ -836,11 +836,13 @@ class SQLiteBackend:
         name = f"mason_sp{holder.depth}"
         conn.execute(f"SAVEPOINT {name}")
         holder.depth += 1
+        epoch = holder.epoch
         try:
             yield
         except BaseException:
             holder.depth -= 1
             conn.execute(f"ROLLBACK TO {name}")
+            holder.epoch = epoch  # a new epoch taken inside was rolled back with it
             conn.execute(f"RELEASE {name}")
             raise
         holder.depth -= 1

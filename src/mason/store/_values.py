@@ -4,8 +4,8 @@ Values are pickled with protocol 5.  Large contiguous buffers that an object han
 pickler as ``PickleBuffer`` (numpy arrays, ``bytearray``, anything implementing the protocol
 5 ``__reduce_ex__``) are taken *out of band* through ``buffer_callback``: the pickle stream
 keeps only a NEXT_BUFFER placeholder, and the buffer's memory goes to the backend as it is
-(SQLite binds it straight from the object's memory; it is never copied into the stream and
-never parsed by the loader).  Buffers under ``OOB_MIN`` bytes stay in band, where taking them
+(the SQLite backend writes it straight from the object's memory into its values file; it is
+never copied into the stream and never parsed by the loader).  Buffers under ``OOB_MIN`` bytes stay in band, where taking them
 out would cost more than the copy.
 
 Most values take one call of the C pickler: a builtin container through ``mason.dumps``,

@@ -35,6 +35,7 @@ __all__ = ["Codec", "OOB_MIN", "make_policy"]
 
 # Buffers at least this large travel out of band.
 OOB_MIN = 16 * 1024
+_NONE: tuple = ()  # no out-of-band buffers (shared: nobody appends to it)
 # Builtin containers, which usually hold small plain data (see Codec.pack).
 _CONTAINERS = frozenset({dict, list, tuple, set, frozenset})
 # A thread's pickler is dropped after a pickle this large, so its buffer does not stay around.
@@ -116,20 +117,20 @@ class Codec:
         self.plain = policy is Policy.default() and limits is None
 
     @staticmethod
-    def pack(value: Any) -> tuple[bytes, list[memoryview]]:
+    def pack(value: Any) -> tuple[bytes, list[memoryview] | tuple]:
         """``(pickle, buffers)``: the protocol 5 pickle and its out-of-band buffers, as
         memoryviews of the value's own memory (no copy; keep ``value`` alive until written)."""
         cls = value.__class__
         if cls is bytes or cls is str:
             # Names no global and holds no buffer: the C pickler alone (what mason.dumps also
             # writes, without searching a large pickle for __main__).
-            return _c_dumps(value, 5), []
+            return _c_dumps(value, 5), _NONE
         if cls in _CONTAINERS:
             # Usually a small record: mason.dumps's one C call, and a pickle this short holds
             # no buffer that would travel out of band.
             data = dumps(value)
             if len(data) < OOB_MIN:
-                return data, []
+                return data, _NONE
         # The C pickler alone, taking the buffers it is handed (numpy's contiguous
         # arrays hand theirs).  If what remains in band is small and names nothing that must
         # travel by value, that is the pickle mason's Pickler would write too; otherwise

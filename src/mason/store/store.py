@@ -122,7 +122,9 @@ class Store(MutableMapping):
             raise
 
     def __setitem__(self, key, value) -> None:
-        kb = encode_key(key)
+        # A str key inline (encode_key's first case): this is the path of every put.
+        kb = b"s" + key.encode("utf-8", "surrogatepass") if key.__class__ is str \
+            else encode_key(key)
         data, buffers = self._pack(value)
         self._set(kb, data, buffers)
 

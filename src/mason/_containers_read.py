@@ -12,13 +12,17 @@ Formats, in the order they are recognised:
   list of storage keys, then each storage's size and bytes;
 * gzip, zstd, bz2, xz, lzma and zlib compression (joblib's ``compress=`` among them): the
   file is decompressed in memory and recognised again;
+* numpy's ``.npy`` (one array) and ``.npz`` (a zip of ``.npy`` members, stored or deflated:
+  loaded as a dict of arrays): numpy reads plain arrays (``mmap=True`` maps an ``.npy``
+  read-only); an object array is a pickle after the header, loaded by mason under the
+  policy, and must be the array the header describes;
 * a joblib file: a pickle in which each numpy array is a ``NumpyArrayWrapper`` followed by
   the array's raw bytes.  Those bytes are cut out of the stream (found by running it on
   mason's symbolic machine, which calls nothing), and each wrapper becomes the array;
 * anything else is read as a pickle, as ``pickle.load`` would.
 
-Torch checkpoints load under the ``torch`` preset and joblib files under the ``numpy``
-preset unless ``policy=``, ``allow=``, ``preset=`` or ``trusted=`` says otherwise: those
+Torch checkpoints load under the ``torch`` preset, and joblib and numpy files under the
+``numpy`` preset, unless ``policy=``, ``allow=``, ``preset=`` or ``trusted=`` says otherwise: those
 presets admit nothing that runs code, and they are what such files need.
 """
 
@@ -47,17 +51,20 @@ _COMPRESSED = (
     (b"\x1f\x8b", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd"), (b"BZh", "bz2"),
     (b"\xfd7zXZ\x00", "xz"), (b"]\x00\x00", "lzma"),
 )
+_NPY_MAGIC = b"\x93NUMPY"
 _JOBLIB_WRAPPER = "joblib.numpy_pickle.NumpyArrayWrapper"
 _MAX_NESTING = 4
 
 
 def sniff(head: bytes) -> str:
-    """What a file that starts with ``head`` is: "mason", "zip", "torch-legacy", a
+    """What a file that starts with ``head`` is: "mason", "zip", "torch-legacy", "npy", a
     compression ("gzip", "zstd", "bz2", "xz", "lzma", "zlib") or "pickle"."""
     from .files import is_container
 
     if is_container(head):
         return "mason"
+    if head.startswith(_NPY_MAGIC):
+        return "npy"
     if head[:4] == b"PK\x03\x04":
         return "zip"
     if head.startswith(_TORCH_LEGACY_HEAD):
@@ -96,8 +103,12 @@ def load_path(path: str, *, mmap: bool, verify, options: dict, key) -> Any:
                                        f"a {kind} file")
         if kind == "zip":
             entries = _zip.read_directory(fd, size, "zip file")
+            if entries and all(name.endswith(".npy") for name in entries):
+                return _load_npz(file, _default_preset(options, "numpy"))
             return _load_torch_zip(fd, size, entries, mmap, verify,
                                    _default_preset(options, "torch"))
+        if kind == "npy" and mmap:
+            return _load_npy(file, _default_preset(options, "numpy"), path)
         if kind == "pickle":
             data = _read_all(fd, size)
             return load_bytes(data, options, 0)
@@ -124,10 +135,66 @@ def load_bytes(data, options: dict, depth: int) -> Any:
         return _load_torch_legacy(io.BytesIO(data), _default_preset(options, "torch"))
     if kind in ("mason", "zip"):
         raise MalformedPickleError(f"a compressed {kind} archive: decompress it first")
+    if kind == "npy":
+        return _load_npy(io.BytesIO(data), _default_preset(options, "numpy"))
     if _names_joblib_wrapper(data):
         return _load_joblib(data, _default_preset(options, "numpy"))
     from .unpickler import load
     return load(io.BytesIO(data), **options)
+
+
+def _load_npy(file, options: dict, mapped_path: str | None = None):
+    """The array of the ``.npy`` file open as ``file`` (at its start); with
+    ``mapped_path``, a plain array is mapped read-only from that file instead of read."""
+    import numpy
+
+    fmt = numpy.lib.format
+    try:
+        version = fmt.read_magic(file)
+        # numpy's own reader of every header version (3.0 is 2.0 in UTF-8)
+        read_header = getattr(fmt, "_read_array_header", None)
+        if read_header is not None:
+            shape, fortran, dtype = read_header(file, version)
+        else:   # pragma: no cover - a numpy without it
+            shape, fortran, dtype = (fmt.read_array_header_1_0 if version == (1, 0)
+                                     else fmt.read_array_header_2_0)(file)
+    except (ValueError, OSError, EOFError) as exc:
+        raise MalformedPickleError(f"a damaged .npy header: {exc}") from None
+    if not dtype.hasobject:
+        file.seek(0)
+        try:
+            if mapped_path is not None:
+                return numpy.load(mapped_path, mmap_mode="r", allow_pickle=False)
+            return fmt.read_array(file, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise MalformedPickleError(f"a damaged .npy file: {exc}") from None
+    # An object array: numpy wrote the array itself as a pickle after the header.
+    from .unpickler import load
+    array = load(file, **options)
+    if not isinstance(array, numpy.ndarray) or array.shape != tuple(shape) \
+            or array.dtype != dtype:
+        raise MalformedPickleError(
+            f"the .npy header describes an array of {dtype} and shape {tuple(shape)}, but its "
+            f"pickle holds {type(array).__name__} "
+            f"{getattr(array, 'dtype', '')}{getattr(array, 'shape', '')}")
+    return array
+
+
+def _load_npz(file, options: dict) -> dict:
+    """The arrays of an ``.npz`` file, by name (without ``.npy``), as numpy.load names them."""
+    import zipfile
+
+    arrays = {}
+    try:
+        with zipfile.ZipFile(file) as archive:
+            for info in archive.infolist():
+                with archive.open(info) as member:
+                    # numpy's reader needs seek; deflated members are read whole
+                    data = io.BytesIO(member.read())
+                arrays[info.filename[:-len(".npy")]] = _load_npy(data, options)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise MalformedPickleError(f"a damaged .npz file: {exc}") from None
+    return arrays
 
 
 def _decompress(data, kind: str) -> bytes:

@@ -367,11 +367,12 @@ def load(path, *, mmap: bool = False, verify: bool | str = True, fix_imports: bo
 
     mason container, pickle (one object, as ``pickle.load``), torch checkpoint (zip or
     legacy; loaded without torch's loader, under the ``torch`` preset unless a policy is
-    given), joblib file, and any of these compressed with gzip, zstd, bz2, xz or zlib.
+    given), joblib file, numpy ``.npy`` / ``.npz`` (a dict of arrays), and any of these
+    compressed with gzip, zstd, bz2, xz or zlib.
 
     ``mmap=True``: a container's (or torch zip's) buffers become views of the file, mapped
     copy-on-write: numpy arrays read-only, torch tensors writable without touching the
-    file.  ``verify``: True checks the checksums of what is read (for a mapped file: the
+    file; a plain ``.npy`` array is mapped read-only.  ``verify``: True checks the checksums of what is read (for a mapped file: the
     table and the pickle), "full" also the mapped buffers, False nothing.
     """
     from ._containers_read import load_path

@@ -561,7 +561,10 @@ build(const unsigned char *buf, Py_ssize_t end, Py_ssize_t max_depth, Py_ssize_t
         }
     }
 decline:
-    PyErr_Clear();
+    /* The long way gives the error its proper form; only an interrupt (KeyboardInterrupt,
+     * SystemExit from a constructor's code) goes through as it is. */
+    if (PyErr_Occurred() && PyErr_ExceptionMatches(PyExc_Exception))
+        PyErr_Clear();
     return NULL;
 #undef FENCE
 #undef NEED
@@ -613,7 +616,7 @@ plain_loads(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     release(&L);
     if (have_view)
         PyBuffer_Release(&view);
-    if (result == NULL)
+    if (result == NULL && !PyErr_Occurred())
         Py_RETURN_NOTIMPLEMENTED;
     return result;
 }

@@ -176,3 +176,25 @@ def test_find_class_audit_events_as_the_engine_raises_them():
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
                          check=True).stdout
     assert out.strip() == "[('datetime', 'date')]"
+
+
+def test_an_interrupt_during_the_one_pass_is_not_swallowed():
+    # An audit hook that raises KeyboardInterrupt once, at the first global: the one pass
+    # must let it through rather than decline and let the long way load the stream.
+    script = (
+        "import sys, datetime, pickle, mason\n"
+        "fired = []\n"
+        "def hook(event, args):\n"
+        "    if event == 'pickle.find_class' and not fired:\n"
+        "        fired.append(1)\n"
+        "        raise KeyboardInterrupt\n"
+        "sys.addaudithook(hook)\n"
+        "data = pickle.dumps(datetime.date(2026, 1, 1), 5)\n"
+        "try:\n"
+        "    mason.loads(data)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted')\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+                         check=True).stdout
+    assert out.strip() == "interrupted"

@@ -35,7 +35,7 @@ written with one ``pwritev`` straight from the pickle and the buffers' own memor
 keeps its offset (``ext``), allocated length (``size``), the ``nonce`` and, in ``value``, the
 lengths of the pickle and of each buffer.  Why not rows: SQLite writes a large value twice
 (to the WAL, then at the checkpoint) and frees and reallocates its overflow pages on every
-overwrite, about ten times the cost of writing it once into file pages that already exist.
+overwrite: a 100 KB put cost six times as much that way as it does now.
 
 Extents are reused, so that an overwrite writes into pages the file (and the page cache)
 already has, instead of growing the file:

@@ -147,15 +147,39 @@ def test_forked_child_uses_its_own_connection(location):
         assert len(store) == 5
 
 
+def _checkpoint_threads():
+    return [t for t in threading.enumerate() if t.name == "mason-store-checkpoint"]
 
-def test_the_wal_stays_bounded(sqlite_path):
-    """Checkpoints run as the WAL grows (every 10,000 pages): however many commits, the WAL
-    stays near that size, and every value is there afterwards."""
-    from mason.store._sqlite import _AUTOCHECKPOINT, _PAGE_SIZE
 
+def test_checkpoints_run_on_a_thread_that_ends_with_the_store(sqlite_path):
+    from mason.store._sqlite import _CHECKPOINT_EVERY
+
+    before = set(_checkpoint_threads())
+    store = Store(sqlite_path)
+    assert set(_checkpoint_threads()) == before  # started by writes, not by opening
+    for i in range(_CHECKPOINT_EVERY + 1):
+        store[i] = i
+    started = set(_checkpoint_threads()) - before
+    assert len(started) == 1
+    store.close()
+    thread, = started
+    assert not thread.is_alive()  # close() ends it
     with Store(sqlite_path) as store:
-        for round_ in range(3):
-            for i in range(12_000):
-                store[i] = (round_, i)
-            assert os.path.getsize(sqlite_path + "-wal") <= 1.2 * _AUTOCHECKPOINT * (_PAGE_SIZE + 24)
-        assert all(store[i] == (2, i) for i in range(0, 12_000, 7))
+        assert all(store[i] == i for i in range(_CHECKPOINT_EVERY + 1))
+
+
+def test_a_store_dropped_without_close_ends_its_thread(sqlite_path):
+    import gc
+
+    from mason.store._sqlite import _CHECKPOINT_EVERY
+
+    before = set(_checkpoint_threads())
+    store = Store(sqlite_path)
+    for i in range(_CHECKPOINT_EVERY + 1):
+        store[i] = i
+    started = set(_checkpoint_threads()) - before
+    del store
+    gc.collect()
+    for thread in started:
+        thread.join(60)
+        assert not thread.is_alive()

@@ -16,10 +16,10 @@ the *machine* (power loss, kernel panic) may lose the last transactions before t
 checkpoint, and never corrupts the file.  ``synchronous="FULL"`` fsyncs the WAL on every
 commit, for machine-crash durability, at the price of one fsync per write.
 
-Checkpoints (copying the WAL back into the database, with two fsyncs) run when the WAL
-reaches ``_AUTOCHECKPOINT`` pages rather than SQLite's 1,000: a checkpoint copies each page
-once however many commits changed it, so fewer, larger checkpoints cost each write less.
-(Running them on a thread of their own was tried, and measured no faster at this size.)
+Checkpoints (copying the WAL back into the database, with two fsyncs) run on a thread of the
+store's own, woken every ``_CHECKPOINT_EVERY`` writes, instead of inside whichever write
+happens to cross SQLite's threshold: a write then costs its own commit and nothing more.  The
+writers' connections keep SQLite's automatic checkpoint as a backstop, at a higher threshold.
 
 Layout (``name`` defaults to "default"; one file can hold several stores)::
 
@@ -65,6 +65,7 @@ policy like any other.
 
 from __future__ import annotations
 
+import atexit
 import mmap
 import os
 import random
@@ -90,7 +91,11 @@ _MMAP_SIZE = 1 << 30 if sys.maxsize > 2 ** 32 else 0  # address space, not memor
 INLINE_MAX = 16 * 1024  # a pickle this long, or with buffers, goes to the values file
 _PAGE_SIZE = 1024  # of a new database; see _setup
 _ALIGN = 4096  # extents are whole pages: an overwrite never reads a page it half-covers
-_AUTOCHECKPOINT = 10_000  # WAL pages (about 10 MB at 1 KiB a page) between checkpoints
+_CHECKPOINT_EVERY = 512  # writes between two wakes of the checkpoint thread
+# The writers' own checkpoint, in WAL pages (about 10 MB at 1 KiB a page): a backstop that
+# also lets the WAL start again from its beginning, which the thread's passive checkpoints,
+# racing with writers, rarely can.
+_AUTOCHECKPOINT = 10_000
 _NONCE = struct.Struct("<Q")
 _LENGTHS = struct.Struct("<Q")  # the pickle's length, then each buffer's (low bit: writable)
 _NO_EPOCH = 1 << 62  # allocate from any free extent
@@ -206,6 +211,72 @@ def _open_values(path: str) -> int:
     return fd
 
 
+class _Checkpointer:
+    """A thread that runs passive WAL checkpoints when writers wake it.
+
+    A passive checkpoint never blocks writers or readers; the fsyncs it needs happen on this
+    thread, not inside somebody's write.  The thread belongs to the process that started it:
+    after a fork the child starts its own on its first wake.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.event = threading.Event()
+        self.pid = 0
+        self.stopping = False
+        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()
+
+    def wake(self) -> None:
+        if self.pid != os.getpid():
+            with self.lock:
+                if self.pid != os.getpid() and not self.stopping:
+                    self.event = threading.Event()
+                    self.thread = threading.Thread(target=self._run, args=(self.event,),
+                                                   name="mason-store-checkpoint", daemon=True)
+                    self.pid = os.getpid()
+                    self.thread.start()
+                    _running.add(self)
+        self.event.set()
+
+    def _run(self, event: threading.Event) -> None:
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error:
+            return  # the writers' own automatic checkpoint still bounds the WAL
+        try:
+            while True:
+                event.wait()
+                event.clear()
+                if self.stopping:
+                    return
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error:
+                    pass  # busy or closing: the next wake tries again
+        finally:
+            conn.close()
+
+    def stop(self, wait: bool = True) -> None:
+        self.stopping = True
+        thread = self.thread
+        if thread is not None and self.pid == os.getpid():
+            self.event.set()
+            if wait and thread is not threading.current_thread():
+                thread.join(10)
+        _running.discard(self)
+
+
+_running: set = set()
+
+
+@atexit.register
+def _stop_checkpointers() -> None:
+    # At exit: let a checkpoint in progress finish rather than leave it to the daemon rule.
+    for checkpointer in list(_running):
+        checkpointer.stop()
+
+
 class SQLiteBackend:
     kind = "sqlite"
 
@@ -258,7 +329,11 @@ class SQLiteBackend:
         self._conns: dict[int, tuple[sqlite3.Connection, int]] = {}
         self._local = threading.local()
         self._closed = False
+        self._writes = 0
         self._map = None  # see _mapping
+        self._checkpointer = _Checkpointer(self.path)
+        # A store dropped without close() still ends its thread.
+        weakref.finalize(self, self._checkpointer.stop, False)
         self._conn()  # open now: a bad path or a foreign file fails here, not on first use
         try:
             self._fd = _open_values(self.values_path)
@@ -399,6 +474,12 @@ class SQLiteBackend:
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 0.05)
 
+    def _wrote(self) -> None:
+        self._writes += 1
+        if self._writes >= _CHECKPOINT_EVERY:
+            self._writes = 0
+            self._checkpointer.wake()
+
     def _write(self, holder: _Holder, body) -> None:
         """Run ``body(cur)`` as one write transaction: joined to the caller's transaction
         if one is open in this thread, else its own BEGIN IMMEDIATE ... COMMIT, retried."""
@@ -420,6 +501,7 @@ class SQLiteBackend:
             holder.epoch = None
 
         self._retry(once)
+        self._wrote()
 
     # -- the values file -----------------------------------------------------------------------
 
@@ -621,6 +703,10 @@ class SQLiteBackend:
                 if not _is_busy(exc):
                     raise
                 self._retry(lambda: cur.execute(self._sql_put, (key, data)))
+            self._writes += 1
+            if self._writes >= _CHECKPOINT_EVERY:
+                self._writes = 0
+                self._checkpointer.wake()
             return
         holder = self._holder()
         self._write(holder, lambda cur: self._put_extent(
@@ -648,7 +734,9 @@ class SQLiteBackend:
         if holder.conn.in_transaction:
             self._stamp(holder, cur)
             return cur.execute(self._sql_del, (key,)).rowcount > 0
-        return self._retry(lambda: cur.execute(self._sql_del, (key,)).rowcount) > 0
+        deleted = self._retry(lambda: cur.execute(self._sql_del, (key,)).rowcount) > 0
+        self._wrote()
+        return deleted
 
     def clear(self) -> None:
         holder = self._holder()
@@ -742,6 +830,7 @@ class SQLiteBackend:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+            self._wrote()
             return
         # Nested: a savepoint, so an inner block that fails undoes only its own writes.
         name = f"mason_sp{holder.depth}"
@@ -771,6 +860,7 @@ class SQLiteBackend:
         if self._closed:
             return
         self._closed = True
+        self._checkpointer.stop()
         with self._lock:
             conns = list(self._conns.items())
         for key, _ in conns:

@@ -183,3 +183,17 @@ def test_a_store_dropped_without_close_ends_its_thread(sqlite_path):
     for thread in started:
         thread.join(60)
         assert not thread.is_alive()
+
+
+def test_the_wal_stays_bounded(sqlite_path):
+    """However many commits, the WAL stays near the automatic checkpoint's size (10,000 pages),
+    and every value is there afterwards."""
+    from mason.store._sqlite import _AUTOCHECKPOINT, _PAGE_SIZE
+
+    with Store(sqlite_path) as store:
+        for round_ in range(3):
+            for i in range(12_000):
+                store[i] = (round_, i)
+            assert os.path.getsize(sqlite_path + "-wal") <= \
+                1.2 * _AUTOCHECKPOINT * (_PAGE_SIZE + 24)
+        assert all(store[i] == (2, i) for i in range(0, 12_000, 7))

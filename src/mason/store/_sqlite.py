@@ -18,8 +18,11 @@ commit, for machine-crash durability, at the price of one fsync per write.
 
 Checkpoints (copying the WAL back into the database, with two fsyncs) run on a thread of the
 store's own, woken every ``_CHECKPOINT_EVERY`` writes, instead of inside whichever write
-happens to cross SQLite's threshold: a write then costs its own commit and nothing more.  The
-writers' connections keep SQLite's automatic checkpoint as a backstop, at a higher threshold.
+happens to cross SQLite's threshold: a write then costs its own commit and nothing more, and
+readers soon find the database file current, which they read through its memory map instead
+of looking each page up in the WAL (100 KB gets after a burst of puts measured 1.6 times
+faster).  The writers' connections keep SQLite's automatic checkpoint as a backstop, at a
+higher threshold.
 
 Layout (``name`` defaults to "default"; one file can hold several stores)::
 

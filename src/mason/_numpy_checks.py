@@ -35,7 +35,7 @@ import re
 
 from .errors import UnsafeGlobalError
 
-__all__ = ["dtype", "reconstruct", "frombuffer", "scalar", "rebuild_array", "check_dtypes",
+__all__ = ["dtype", "bind_reconstruct", "frombuffer", "scalar", "rebuild_array", "check_dtypes",
            "check_dtype"]
 
 # Type strings as numpy writes them in dtype pickles: a type character and a size
@@ -43,6 +43,24 @@ __all__ = ["dtype", "reconstruct", "frombuffer", "scalar", "rebuild_array", "che
 _TYPESTR = re.compile(r"[<>|=]?[a-zA-Z][0-9]{0,12}")
 _ORDERS = ("C", "F", "A", "K")
 _MAX_DTYPE_DEPTH = 32
+
+
+def _state_value(item, depth: int, node_value):
+    """A dtype state component (from the symbolic machine) as a real value: literals and
+    containers as they are, any other node through ``node_value``, which refuses what it
+    does not know."""
+    if depth > _MAX_DTYPE_DEPTH:
+        _refuse("a numpy dtype state nests too deep")
+    if isinstance(item, _LITERALS):
+        return item
+    if type(item) is tuple:
+        return tuple(_state_value(x, depth + 1, node_value) for x in item)
+    if type(item) is list:
+        return [_state_value(x, depth + 1, node_value) for x in item]
+    if type(item) is dict:
+        return {_state_value(k, depth + 1, node_value): _state_value(v, depth + 1, node_value)
+                for k, v in item.items()}
+    return node_value(item)
 
 
 def _refuse(message: str):
@@ -281,18 +299,11 @@ def check_dtypes(data, find_class) -> None:
                     key=lambda pair: pair[0])
     scratch: dict[int, object] = {}
 
-    def value(item, depth=0):
+    def value(item):
         """A state component as a real value, dtypes replaced by their checked scratch."""
-        if depth > _MAX_DTYPE_DEPTH:
-            _refuse("a numpy dtype state nests too deep")
-        if isinstance(item, _LITERALS):
-            return item
-        if type(item) is tuple:
-            return tuple(value(x, depth + 1) for x in item)
-        if type(item) is list:
-            return [value(x, depth + 1) for x in item]
-        if type(item) is dict:
-            return {value(k, depth + 1): value(v, depth + 1) for k, v in item.items()}
+        return _state_value(item, 0, node_value)
+
+    def node_value(item):
         if isinstance(item, Call) and id(item) in made:
             return build(item)
         if isinstance(item, Call) and id(item) in encodes and type(item.args) is tuple \
@@ -468,7 +479,7 @@ def rebuild_array(buffer, descr, shape, order="C"):
 def dtype_of_node(node, depth: int = 0):
     """The checked dtype that a ``numpy.dtype(...)`` call of the symbolic machine (with its
     BUILD) stands for; for formats that size raw data by a dtype (joblib)."""
-    from .format.machine import Build, Call, Global, Node
+    from .format.machine import Build, Call, Global
 
     if depth > _MAX_DTYPE_DEPTH:
         _refuse("a numpy dtype nests too deep")
@@ -485,26 +496,14 @@ def dtype_of_node(node, depth: int = 0):
     if len(builds) > 1 or (builds and not isinstance(builds[0], Build)):
         _refuse("a numpy dtype built more than once")
 
-    def value(item, level=0):
-        if level > _MAX_DTYPE_DEPTH:
-            _refuse("a numpy dtype state nests too deep")
-        if isinstance(item, _LITERALS):
-            return item
-        if type(item) is tuple:
-            return tuple(value(x, level + 1) for x in item)
-        if type(item) is list:
-            return [value(x, level + 1) for x in item]
-        if type(item) is dict:
-            return {value(k, level + 1): value(v, level + 1) for k, v in item.items()}
+    def node_value(item):
         if isinstance(item, Call):
             return dtype_of_node(item, depth + 1)
-        if isinstance(item, Node):
-            _refuse(f"a numpy dtype state holds a {type(item).__name__}")
         _refuse(f"a numpy dtype state holds a {type(item).__name__}")
 
     if builds and args[-1] is True:
         try:
-            d.__setstate__(value(builds[0].state))
+            d.__setstate__(_state_value(builds[0].state, 0, node_value))
         except UnsafeGlobalError:
             raise
         except Exception as exc:

@@ -41,6 +41,13 @@ def long_way(data, max_depth=10_000, memo_slack=1 << 20):
         return ("error", type(exc), str(exc))
 
 
+def run_script(script: str) -> str:
+    """What ``script`` prints, run in a fresh interpreter (audit hooks stay there)."""
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+                          check=True).stdout.strip()
+
+
 def graph(obj):
     """The object graph as bytes: types, values, order, sharing and cycles all show."""
     try:
@@ -172,10 +179,7 @@ def test_find_class_audit_events_as_the_engine_raises_them():
         "data = pickle.dumps([datetime.date(2026, 1, 1)] * 2, 5)\n"
         "assert mason.loads(data) == [datetime.date(2026, 1, 1)] * 2\n"
         "print(seen)\n")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-                         check=True).stdout
-    assert out.strip() == "[('datetime', 'date')]"
+    assert run_script(script) == "[('datetime', 'date')]"
 
 
 def test_an_interrupt_during_the_one_pass_is_not_swallowed():
@@ -194,7 +198,4 @@ def test_an_interrupt_during_the_one_pass_is_not_swallowed():
         "    mason.loads(data)\n"
         "except KeyboardInterrupt:\n"
         "    print('interrupted')\n")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-                         check=True).stdout
-    assert out.strip() == "interrupted"
+    assert run_script(script) == "interrupted"

@@ -121,7 +121,7 @@ def _limits_status() -> str:
     used = [f"{fn.__module__}.{getattr(fn, '__qualname__', fn.__name__)}"
             for fn in (getattr(unpickler, "_check", None), getattr(unpickler, "StreamCheck", None))
             if fn is not None]
-    one_pass = "mason._plainload built" if unpickler._plain_loads is not None \
+    one_pass = "mason._plainload built" if unpickler._plain_load is not None \
         else "mason._plainload not built"
     return f"{one_pass}; the loads check uses {' and '.join(used) or '?'}"
 

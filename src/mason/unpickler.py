@@ -40,10 +40,10 @@ try:
     from ._limits import StreamCheck, check as _check, global_names as _global_names
 except ImportError:  # the compiled check was not built: the reference one gives the same results
     from .limits import StreamCheck, check as _check, global_names as _global_names
-try:
-    from ._plainload import loads as _plain_loads
+try:   # configured at the end of this module, once what it needs is defined
+    from ._plainload import configure as _configure_plainload, load as _plain_load
 except ImportError:  # not built: loads takes the check-then-engine way, with the same results
-    _plain_loads = None
+    _plain_load = None
 
 __all__ = ["Unpickler", "loads", "load"]
 
@@ -651,9 +651,8 @@ def loads(data, /, **options):
     # one dict, so they take the other path.  With mason._entry built, this function is
     # replaced by a compiled callable that does the same (see the end of this module).
     if not options:
-        if _plain_loads is not None:
-            loaded = _plain_loads(data, _DEFAULT_LIMITS.max_depth, _DEFAULT_LIMITS.memo_slack,
-                                  _PLAIN_NAMES, _plain_name)
+        if _plain_load is not None:
+            loaded = _plain_load(data)
             if loaded is not NotImplemented:
                 return loaded
         return _loads_declined(data)
@@ -755,15 +754,15 @@ def load(file, *, fix_imports: bool = True, encoding: str = "ASCII",
                      renames=renames, limits=limits).load()
 
 
-try:
-    from ._entry import Entry as _Entry
-    from ._plainload import configure as _configure_plainload, load as _plain_load
-except ImportError:  # not built: loads stays the Python function above, with the same results
-    pass
-else:
-    # loads as a compiled callable: a call with one positional argument goes to the one pass
-    # and, when it declines, to _loads_declined; any other call to _loads_options.  It saves
-    # the Python call, a tenth of the time of loading a small pickle.
+if _plain_load is not None:
     _configure_plainload(_DEFAULT_LIMITS.max_depth, _DEFAULT_LIMITS.memo_slack, _PLAIN_NAMES,
                          _plain_name)
-    loads = _Entry(_plain_load, _loads_declined, _loads_options, 1, loads)
+    try:
+        from ._entry import Entry as _Entry
+    except ImportError:  # not built: loads stays the Python function above, same results
+        pass
+    else:
+        # loads as a compiled callable: a call with one positional argument goes to the one
+        # pass and, when it declines, to _loads_declined; any other call to _loads_options.
+        # It saves the Python call, a tenth of the time of loading a small pickle.
+        loads = _Entry(_plain_load, _loads_declined, _loads_options, 1, loads)

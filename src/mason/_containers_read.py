@@ -107,8 +107,8 @@ def load_path(path: str, *, mmap: bool, verify, options: dict, key) -> Any:
                 return _load_npz(file, _default_preset(options, "numpy"))
             return _load_torch_zip(fd, size, entries, mmap, verify,
                                    _default_preset(options, "torch"))
-        if kind == "npy" and mmap:
-            return _load_npy(file, _default_preset(options, "numpy"), path)
+        if kind == "npy":   # read by numpy from the file itself: one copy of the data
+            return _load_npy(file, _default_preset(options, "numpy"), path if mmap else None)
         if kind == "pickle":
             data = _read_all(fd, size)
             return load_bytes(data, options, 0)

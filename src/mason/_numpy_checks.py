@@ -63,6 +63,20 @@ def _state_value(item, depth: int, node_value):
     return node_value(item)
 
 
+def _exact_size(what: str, buffer, shape: tuple, dtype) -> int:
+    """The size of ``buffer`` in bytes, refused unless it is exactly what ``shape`` elements
+    of ``dtype`` take: an array over a buffer must neither read past it nor leave part of it
+    unexplained."""
+    size = memoryview(buffer).nbytes
+    count = 1
+    for n in shape:
+        count *= n
+    if size != count * dtype.itemsize:
+        _refuse(f"{what}: a buffer of {size} bytes for shape {shape} of {dtype} "
+                f"({count * dtype.itemsize} bytes)")
+    return size
+
+
 def _refuse(message: str):
     raise UnsafeGlobalError(message)
 
@@ -408,14 +422,8 @@ def frombuffer(buffer, dtype, shape, order="C"):
         _refuse("numpy _frombuffer with an object dtype would read pointers from the stream")
     if order not in _ORDERS:
         _refuse(f"numpy _frombuffer called with order {order!r:.20}")
-    view = memoryview(buffer)
-    count = 1
-    for n in shape:
-        count *= n
-    if view.nbytes != count * dtype.itemsize:
-        _refuse(f"numpy _frombuffer: a buffer of {view.nbytes} bytes for shape {shape} of "
-                f"{dtype} ({count * dtype.itemsize} bytes)")
-    array = np.frombuffer(buffer, dtype=dtype) if view.nbytes else np.empty(0, dtype)
+    size = _exact_size("numpy _frombuffer", buffer, shape, dtype)
+    array = np.frombuffer(buffer, dtype=dtype) if size else np.empty(0, dtype)
     if order == "F":
         return array.reshape(shape, order="F")
     return array.reshape(shape, order="C")
@@ -426,7 +434,6 @@ frombuffer.__name__ = frombuffer.__qualname__ = "_frombuffer"
 
 def scalar(dtype, obj=None):
     """numpy's scalar: ``scalar(dtype, raw bytes)``, or an object for the object dtype."""
-    np = _np()
     dtype = _checked_dtype(dtype)
     if dtype.hasobject:
         if dtype.kind == "O" and dtype.names is None:
@@ -464,14 +471,7 @@ def rebuild_array(buffer, descr, shape, order="C"):
         _refuse(f"mason rebuild_array: not a dtype description ({exc})")
     if d.hasobject:
         _refuse("mason rebuild_array with an object dtype would read pointers from a buffer")
-    view = memoryview(buffer)
-    count = 1
-    for n in shape:
-        count *= n
-    if view.nbytes != count * d.itemsize:
-        _refuse(f"mason rebuild_array: a buffer of {view.nbytes} bytes for shape {shape} of "
-                f"{d} ({count * d.itemsize} bytes)")
-    if not view.nbytes:
+    if not _exact_size("mason rebuild_array", buffer, shape, d):
         return np.empty(shape, d, order=order)
     return np.frombuffer(buffer, dtype=d).reshape(shape, order=order)
 

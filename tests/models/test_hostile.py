@@ -20,6 +20,16 @@ from models_payloads import (BUILD, EMPTY_DICT, NEWFALSE, NEWTRUE, NONE, call, d
                        g, i, array_from_state, s, system, tup, whole, b)
 
 
+class Touching:
+    """An object whose pickle runs ``touch <marker>`` when stdlib pickle loads it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
 def _refused(data, preset="numpy", error=UnsafeGlobalError, **kw):
     with pytest.raises(error) as info:
         mason.loads(data, preset=preset, **kw)
@@ -189,12 +199,8 @@ def test_torch_geometry_outside_the_storage_is_refused(tmp_path):
 def test_hostile_joblib_file_runs_nothing(marker, tmp_path):
     import joblib
 
-    class Payload:
-        def __reduce__(self):
-            return os.system, (f"touch {marker}",)
-
     path = tmp_path / "model.joblib"
-    joblib.dump({"weights": np.arange(3.0), "evil": Payload()}, path)
+    joblib.dump({"weights": np.arange(3.0), "evil": Touching(marker)}, path)
     with pytest.raises(UnsafeGlobalError):
         mason.load(path, preset="sklearn")
     assert not marker.exists()
@@ -204,12 +210,8 @@ def test_hostile_joblib_file_runs_nothing(marker, tmp_path):
 
 
 def test_hostile_container_runs_nothing(marker, tmp_path):
-    class Payload:
-        def __reduce__(self):
-            return os.system, (f"touch {marker}",)
-
     path = tmp_path / "evil.mason"
-    mason.dump({"a": np.arange(4.0), "evil": Payload()}, path)
+    mason.dump({"a": np.arange(4.0), "evil": Touching(marker)}, path)
     with pytest.raises(UnsafeGlobalError):
         mason.load(path, preset="numpy")
     assert not marker.exists()
@@ -226,12 +228,8 @@ def test_hostile_container_runs_nothing(marker, tmp_path):
 def test_torch_load_from_bytes_reads_only_a_storage(marker, tmp_path):
     import torch
 
-    class Payload:
-        def __reduce__(self):
-            return os.system, (f"touch {marker}",)
-
     inner = io.BytesIO()
-    torch.save({"evil": Payload()}, inner, _use_new_zipfile_serialization=False)
+    torch.save({"evil": Touching(marker)}, inner, _use_new_zipfile_serialization=False)
     payload = whole(call(g("torch.storage", "_load_from_bytes"), b(inner.getvalue())))
     with pytest.raises(UnsafeGlobalError):
         mason.loads(payload, preset="torch")

@@ -13,7 +13,7 @@
  * dumps_plain(obj[, protocol]) is dumps' fast part: CPython's C pickler, declining where the
  * pickle must be made by value — a function at the top, a failure, or output that names
  * __main__ or a module registered by value (the needles; a false positive only costs the
- * by-value pickler's work). */
+ * by-value pickler's work): mason.byvalue.needs_by_value's search, without a Python call. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>

@@ -41,3 +41,39 @@ class Point:
 
     def __repr__(self):
         return f"Point({self.x!r}, {self.y!r})"
+
+
+def space_of(path: str, store=None) -> tuple[list[tuple[int, int]], int]:
+    """``(free extents, end)`` of an SQLite store's values file, as its space map has them,
+    plus the extents ``store``'s process freed and has not put back on the map yet."""
+    import mmap
+
+    from mason.store import _space
+
+    with open(path + "-values", "rb") as f:
+        view = mmap.mmap(f.fileno(), _space.REGION, access=mmap.ACCESS_READ)
+        try:
+            free = _space._entries(view)
+            end = _space._GEN.unpack_from(view, _space._END_AT)[0]
+        finally:
+            view.close()
+    if store is not None:
+        free += [(off, size) for off, size, _ in store._backend._pending]
+    return sorted(free), end
+
+
+def assert_space_consistent(path: str) -> None:
+    """The values file's live and free extents do not overlap and lie below its end, as the
+    next writer finds them (a map a killed writer left untrusted is rebuilt first)."""
+    from mason.store import Store
+
+    with Store(path) as store:
+        with store.transaction():  # a write transaction: an untrusted map is rebuilt
+            pass
+        backend = store._backend
+        live = backend._live_extents(backend._holder().cur)
+        free, end = space_of(path)
+    extents = sorted(live + free)
+    assert all(a + n <= b for (a, n), (b, _) in zip(extents, extents[1:])), extents
+    assert not extents or extents[-1][0] + extents[-1][1] <= end
+    assert all(off >= 1 << 20 for off, _ in extents)  # never inside the map itself

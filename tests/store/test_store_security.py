@@ -16,6 +16,7 @@ import pytest
 import mason
 from mason.store import Store
 from mason.store._keys import encode_key
+from mason.store._space import REGION
 
 
 def payloads(tmp_path):
@@ -180,7 +181,8 @@ def test_damaged_values_file_is_reported(tmp_path):
         store["big"] = pickle.PickleBuffer(bytearray(100_000))  # out of band
         store["bytes"] = bytes(100_000)                         # a large pickle
     with open(path + "-values", "r+b") as f:
-        f.write(b"\xff" * 8)  # the first extent's leading nonce
+        f.seek(REGION)
+        f.write(b"\xff" * 8)  # the first extent's leading nonce (after the space map)
     with Store(path) as store:
         damaged = []
         for key in ("big", "bytes"):
@@ -190,7 +192,7 @@ def test_damaged_values_file_is_reported(tmp_path):
                 assert "damaged" in str(exc)
                 damaged.append(key)
         assert len(damaged) == 1  # the other value is intact
-    os.truncate(path + "-values", 4096)  # both values lose their bytes
+    os.truncate(path + "-values", REGION + 4096)  # both values lose their bytes
     with Store(path) as store:
         for key in ("big", "bytes"):
             with pytest.raises(mason.store.StoreError, match="damaged"):

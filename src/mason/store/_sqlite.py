@@ -27,13 +27,12 @@ higher threshold.
 Layout (``name`` defaults to "default"; one file can hold several stores)::
 
     store_<name>   key BLOB PRIMARY KEY, ext, size, nonce, nbuf, value
-    mason_free     len, off, epoch  -- free extents of the values file
-    mason_space    end, epoch       -- the values file's used length; see below
-    mason_meta     name TEXT PRIMARY KEY, value -- format version
+    mason_meta     name TEXT PRIMARY KEY, value -- format version, uid (see _space)
 
 Large values live beside the database.  A value whose pickle is under ``INLINE_MAX`` bytes
 and has no out-of-band buffer is the row's ``value``.  Any other goes to the values file
-(``<path>-values``): one extent, page-aligned, holding ``nonce | pickle | buffers... | nonce``,
+(``<path>-values``, after its first ``_space.REGION`` bytes, which hold the map of its free
+space): one extent, page-aligned, holding ``nonce | pickle | buffers... | nonce``,
 written with one ``pwritev`` straight from the pickle and the buffers' own memory; the row
 keeps its offset (``ext``), allocated length (``size``), the ``nonce`` and, in ``value``, the
 lengths of the pickle and of each buffer.  Why not rows: SQLite writes a large value twice
@@ -43,14 +42,14 @@ overwrite: a 100 KB put cost six times as much that way as it does now.
 Extents are reused, so that an overwrite writes into pages the file (and the page cache)
 already has, instead of growing the file:
 
-* The extent is allocated and written *before* the row that points to it commits, inside the
-  same write transaction: a crash before the commit rolls the allocation back (the extent is
-  free again, whatever it holds); after, the row and its bytes are both there.  No committed
-  extent is ever written to.
-* Triggers put an extent back in ``mason_free`` when its row is overwritten or deleted, in the
-  same statement.  An extent freed by the current transaction must not be reused by it (other
-  readers still see the committed row that points to it): a transaction that writes several
-  values stamps what it frees with a new ``epoch`` and allocates only from older ones.
+* The extent is taken from the space map and written *before* the row that points to it
+  commits, inside the same write transaction; after the commit, the row and its bytes are both
+  there.  No committed extent is ever written to.
+* The extent a row lets go of (overwritten or deleted) goes back on the map only after the
+  commit, by the next write transaction of the same process (``_space`` says why that order
+  keeps the map exact, and how it is rebuilt when it cannot be trusted).  So a transaction
+  never reuses what it freed itself, which other readers still see; and a put's commit changes
+  one page of the database, its row's.
 * A reader reads the row, then the extent, then checks that the row still has the same nonce:
   an extent is reused only after the commit that freed it, so if the row is unchanged after
   the read, the bytes read were the value's.  (Inside its own write transaction a thread needs
@@ -58,7 +57,8 @@ already has, instead of growing the file:
   that lost writes (a power loss under ``synchronous=NORMAL``, which does not fsync it) or that
   something else wrote: the read fails with ``StoreError`` instead of returning other bytes.
 * Free extents are best fit, split when larger than needed, and merged with their neighbours
-  when the file would otherwise grow.  The file does not shrink.
+  when the file would otherwise grow.  The file does not shrink.  A process killed between a
+  commit and its next write leaves what it freed unused until the map's next rebuild.
 
 Under ``synchronous="FULL"`` the values file is fsynced before the row commits.
 
@@ -84,6 +84,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from ._fs import is_network_fs
+from ._space import REGION, SpaceMap, boot_id
 from .errors import NetworkFilesystemError, StoreBusyError, StoreError
 
 try:  # the compiled lean connection, only if it shares the sqlite3 module's SQLite library
@@ -97,7 +98,7 @@ except (ImportError, AttributeError, OSError):
 
 __all__ = ["SQLiteBackend", "INLINE_MAX"]
 
-FORMAT = 2
+FORMAT = 3
 _PAGE = 512  # rows per page when iterating
 _MMAP_SIZE = 1 << 30 if sys.maxsize > 2 ** 32 else 0  # address space, not memory
 INLINE_MAX = 16 * 1024  # a pickle this long, or with buffers, goes to the values file
@@ -110,10 +111,7 @@ _CHECKPOINT_EVERY = 512  # writes between two wakes of the checkpoint thread
 _AUTOCHECKPOINT = 10_000
 _NONCE = struct.Struct("<Q")
 _LENGTHS = struct.Struct("<Q")  # the pickle's length, then each buffer's (low bit: writable)
-_NO_EPOCH = 1 << 62  # allocate from any free extent
-_SQL_FIT = "SELECT len, off FROM mason_free WHERE len >= ? AND epoch < ? ORDER BY len LIMIT 1"
-_SQL_TAKE = f"DELETE FROM mason_free WHERE (len, off) = ({_SQL_FIT}) RETURNING len, off"
-_RETURNING = sqlite3.sqlite_version_info >= (3, 35)
+_BOOT = boot_id()
 
 # SQLite primary result codes that mean "someone else holds a lock: try again later".
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
@@ -184,7 +182,8 @@ class _Holder:
     when the thread ends, its thread-local holder is collected and the connections closed
     (sqlite3.Connection takes no weak references)."""
 
-    __slots__ = ("conn", "cur", "lean", "put", "generation", "depth", "epoch", "__weakref__")
+    __slots__ = ("conn", "cur", "lean", "put", "fast_put", "generation", "depth", "gen",
+                 "taken", "freed", "released", "saves", "__weakref__")
 
     def __init__(self, conn, lean, put_sql: str, generation):
         self.conn = conn
@@ -194,9 +193,17 @@ class _Holder:
         # conn, which holds the transaction.
         self.lean = None if lean is None else _LeanCursor(lean)
         self.put = None if lean is None else lean.prepare(put_sql)  # the one-statement put
+        self.fast_put = None if lean is None else lean.put
         self.generation = generation
         self.depth = 0  # transaction nesting: 0 outside, 1 in BEGIN, n > 1 in savepoints
-        self.epoch = None  # the open transaction's epoch, once it wrote a large value
+        # The open write transaction's extents (see SQLiteBackend._begin): the space map's
+        # generation, extents taken, extents its rows let go, extents free whatever happens,
+        # and (len(taken), len(freed)) at each open savepoint.
+        self.gen = 0
+        self.taken: list = []
+        self.freed: list = []
+        self.released: list = []
+        self.saves: list = []
 
     def writer(self):
         """The cursor for a write: the lean one unless a transaction is open on conn."""
@@ -380,8 +387,12 @@ class SQLiteBackend:
         self._sql_get = f"SELECT value, ext, size, nonce, nbuf FROM {t} WHERE key = ?"
         self._sql_nonce = f"SELECT nonce FROM {t} WHERE key = ?"
         self._sql_has = f"SELECT 1 FROM {t} WHERE key = ?"
+        # Changes nothing (rowcount 0) when the row holds an extent: see _put_row.
         self._sql_put = (f"INSERT INTO {t} (key, value) VALUES (?, ?) ON CONFLICT(key) DO "
-                         "UPDATE SET value = excluded.value, ext = NULL, nbuf = 0")
+                         "UPDATE SET value = excluded.value WHERE ext IS NULL")
+        self._sql_replace = (f"UPDATE {t} SET value = ?, ext = NULL, size = 0, nonce = 0, "
+                             "nbuf = 0 WHERE key = ?")
+        self._sql_extent = f"SELECT ext, size FROM {t} WHERE key = ?"
         self._sql_put_ext = (f"INSERT INTO {t} (key, ext, size, nonce, nbuf, value) "
                              "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
                              "ext = excluded.ext, size = excluded.size, nonce = excluded.nonce, "
@@ -392,18 +403,28 @@ class SQLiteBackend:
         self._local = threading.local()
         self._closed = False
         self._writes = 0
+        self._pending: list[tuple[int, int, int]] = []  # freed extents waiting: see _space
+        self._space = None
         self._map = None  # see _mapping
         self._checkpointer = _Checkpointer(self.path)
         # A store dropped without close() still ends its thread.
         weakref.finalize(self, self._checkpointer.stop, False)
-        self._conn()  # open now: a bad path or a foreign file fails here, not on first use
+        conn = self._conn()  # open now: a bad path or a foreign file fails here, not later
         try:
+            self._uid = bytes.fromhex(conn.execute(
+                "SELECT value FROM mason_meta WHERE name = 'uid'").fetchone()[0])
             self._fd = _open_values(self.values_path)
         except BaseException:
             self.close()
             raise
         # Closed once, by close() or when the store is collected (never a reused number).
         self._close_values = weakref.finalize(self, _close_fd, self._fd)
+        try:
+            self._space = SpaceMap(self._fd)
+        except (OSError, ValueError) as exc:
+            self.close()
+            raise StoreError(f"cannot map the store's values file {self.values_path}: "
+                             f"{exc}") from exc
 
     # -- connections -------------------------------------------------------------------------
 
@@ -505,28 +526,18 @@ class SQLiteBackend:
 
     def _create(self, conn: sqlite3.Connection) -> None:
         t = self._t
-        trig = self._t[:-1]
-        free = "INSERT INTO mason_free VALUES (old.size, old.ext, " \
-               "(SELECT epoch FROM mason_space))"
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.execute("CREATE TABLE IF NOT EXISTS mason_meta "
                          "(name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL)")
             conn.execute("INSERT OR IGNORE INTO mason_meta VALUES ('format', ?)", (str(FORMAT),))
-            conn.execute("CREATE TABLE IF NOT EXISTS mason_space (id INTEGER PRIMARY KEY "
-                         "CHECK (id = 0), end INTEGER NOT NULL, epoch INTEGER NOT NULL)")
-            conn.execute("INSERT OR IGNORE INTO mason_space VALUES (0, 0, 0)")
-            conn.execute("CREATE TABLE IF NOT EXISTS mason_free (len INTEGER NOT NULL, "
-                         "off INTEGER NOT NULL, epoch INTEGER NOT NULL, PRIMARY KEY (len, off))"
-                         " WITHOUT ROWID")
+            # Names this database to its values file's space map (see _space).
+            conn.execute("INSERT OR IGNORE INTO mason_meta VALUES ('uid', ?)",
+                         (os.urandom(16).hex(),))
             conn.execute(f"CREATE TABLE IF NOT EXISTS {t} (key BLOB PRIMARY KEY NOT NULL, "
                          "ext INTEGER, size INTEGER NOT NULL DEFAULT 0, "
                          "nonce INTEGER NOT NULL DEFAULT 0, nbuf INTEGER NOT NULL DEFAULT 0, "
                          "value BLOB NOT NULL)")
-            conn.execute(f'CREATE TRIGGER IF NOT EXISTS {trig}_replaced" AFTER UPDATE OF ext '
-                         f"ON {t} WHEN old.ext IS NOT NULL BEGIN {free}; END")
-            conn.execute(f'CREATE TRIGGER IF NOT EXISTS {trig}_deleted" AFTER DELETE ON {t} '
-                         f"WHEN old.ext IS NOT NULL BEGIN {free}; END")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -554,9 +565,11 @@ class SQLiteBackend:
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 0.05)
 
-    def _wrote(self) -> None:
+    def _wrote(self, due: bool = False) -> None:
+        """Count a write; every _CHECKPOINT_EVERY (or when the lean connection says it is
+        due), wake the checkpoint thread."""
         self._writes += 1
-        if self._writes >= _CHECKPOINT_EVERY:
+        if due or self._writes >= _CHECKPOINT_EVERY:
             self._writes = 0
             self._checkpointer.wake()
 
@@ -572,94 +585,76 @@ class SQLiteBackend:
         def once():
             cur.execute("BEGIN IMMEDIATE")
             try:
+                self._begin(holder, cur)
                 body(cur)
                 cur.execute("COMMIT")
             except BaseException:
-                holder.epoch = None
                 if owner.in_transaction:
                     cur.execute("ROLLBACK")
+                self._end(holder, committed=False)
                 raise
-            holder.epoch = None
+            self._end(holder, committed=True)
 
         self._retry(once)
         self._wrote()
 
-    # -- the values file -----------------------------------------------------------------------
+    # -- the values file's space ---------------------------------------------------------------
 
-    def _allocate(self, holder: _Holder, cur, need: int, several: bool) -> int:
-        """The offset of a free extent of ``need`` bytes (a multiple of ``_ALIGN``), taken in
-        the open write transaction.  ``several``: this transaction writes more than one value,
-        so it must not reuse what it freed itself (see the module's docstring)."""
-        if several:
-            self._stamp(holder, cur)
-            limit = holder.epoch  # older than anything this transaction freed
-        else:
-            limit = _NO_EPOCH  # it frees only after it allocates: anything free will do
-        for attempt in (0, 1):
-            if _RETURNING:  # one statement finds and takes the best fit
-                row = cur.execute(_SQL_TAKE, (need, limit)).fetchone()
-            else:
-                row = cur.execute(_SQL_FIT, (need, limit)).fetchone()
-                if row is not None:
-                    cur.execute("DELETE FROM mason_free WHERE len = ? AND off = ?", row)
-            if row is not None:
-                size, off = row
-                if size > need:  # the rest stays free, as old as it was
-                    cur.execute("INSERT INTO mason_free VALUES (?, ?, 0)",
-                                (size - need, off + need))
-                return off
-            if attempt == 0 and not self._coalesce(cur, limit):
-                break
-        end = cur.execute("SELECT end FROM mason_space").fetchone()[0]
-        cur.execute("UPDATE mason_space SET end = ?", (end + need,))
-        return end
+    def _begin(self, holder: _Holder, cur) -> None:
+        """At the start of a write transaction (the write lock held): a space map to trust,
+        the extents this process freed since its last one put back, and fresh bookkeeping."""
+        space = self._space
+        if not space.valid(self._uid, _BOOT):
+            space.rebuild(self._live_extents(cur), self._uid, _BOOT)
+        if self._pending:
+            with self._lock:
+                pending, self._pending = self._pending, []
+            space.give(pending)
+        holder.gen = space.gen()
+        holder.taken, holder.freed, holder.released, holder.saves = [], [], [], []
 
-    @staticmethod
-    def _stamp(holder: _Holder, cur) -> None:
-        """Before a transaction's first write: a new epoch, which the triggers stamp on every
-        extent the transaction frees (so that it allocates only from older ones)."""
-        if holder.epoch is None:
-            cur.execute("UPDATE mason_space SET epoch = epoch + 1")
-            holder.epoch = cur.execute("SELECT epoch FROM mason_space").fetchone()[0]
+    def _end(self, holder: _Holder, committed: bool) -> None:
+        """After COMMIT or ROLLBACK: what the transaction made free waits for the next one
+        (an extent is reused only after the commit that freed it is in)."""
+        free = holder.freed if committed else holder.taken
+        gen = holder.gen
+        if free or holder.released:
+            with self._lock:
+                self._pending.extend((off, size, gen) for off, size in free)
+                self._pending.extend((off, size, gen) for off, size in holder.released)
+        holder.taken, holder.freed, holder.released, holder.saves = [], [], [], []
 
-    def _coalesce(self, cur, limit: int) -> bool:
-        """Merge adjacent free extents, and give a free tail older than ``limit`` back to the
-        end of the file; True if anything changed."""
-        rows = cur.execute("SELECT off, len, epoch FROM mason_free ORDER BY off").fetchall()
-        if not rows:
-            return False
-        merged: list[list[int]] = []
-        for off, size, epoch in rows:
-            if merged and merged[-1][0] + merged[-1][1] == off:
-                merged[-1][1] += size
-                merged[-1][2] = max(merged[-1][2], epoch)
-            else:
-                merged.append([off, size, epoch])
-        end = cur.execute("SELECT end FROM mason_space").fetchone()[0]
-        # A merged extent is as young as its youngest part; a tail this transaction may not
-        # reuse may not be given back either (the next allocation would take it).
-        changed = len(merged) != len(rows)
-        if merged and merged[-1][0] + merged[-1][1] == end and merged[-1][2] < limit:
-            cur.execute("UPDATE mason_space SET end = ?", (merged.pop()[0],))
-            changed = True
-        if changed:
-            cur.execute("DELETE FROM mason_free")
-            cur.executemany("INSERT INTO mason_free VALUES (?, ?, ?)",
-                            [(size, off, epoch) for off, size, epoch in merged])
-        return changed
+    def _live_extents(self, cur) -> list[tuple[int, int]]:
+        """Every extent a row holds, in every store of the file."""
+        tables = [name for (name,) in cur.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB 'store_*'"
+        ).fetchall()]
+        live: list[tuple[int, int]] = []
+        for table in tables:
+            live.extend(cur.execute(f'SELECT ext, size FROM "{table}" WHERE ext IS NOT NULL')
+                        .fetchall())
+        return live
 
-    def _put_extent(self, holder: _Holder, cur, key: bytes, data: bytes, buffers,
-                    several: bool) -> None:
+    def _let_go(self, holder: _Holder, cur, key: bytes) -> None:
+        """Before a write transaction replaces or deletes ``key``'s row: its extent, if any,
+        becomes free when the transaction commits."""
+        row = cur.execute(self._sql_extent, (key,)).fetchone()
+        if row is not None and row[0] is not None:
+            holder.freed.append(row)
+
+    def _put_extent(self, holder: _Holder, cur, key: bytes, data: bytes, buffers) -> None:
         views = [memoryview(b) for b in buffers]
         lengths = [len(data) << 1] + [(v.nbytes << 1) | (not v.readonly) for v in views]
         total = 16 + len(data) + sum(v.nbytes for v in views)
         need = (total + _ALIGN - 1) // _ALIGN * _ALIGN
-        off = self._allocate(holder, cur, need, several)
+        off = self._space.take(need)
+        holder.taken.append((off, need))
         nonce = random.getrandbits(63)
         tag = _NONCE.pack(nonce)
         _pwritev(self._fd, [tag, data, *views, tag], off)
         if self._fsync_values:
             _fdatasync(self._fd)
+        self._let_go(holder, cur, key)
         layout = b"".join(_LENGTHS.pack(n) for n in lengths)
         cur.execute(self._sql_put_ext, (key, off, need, nonce, len(views), layout))
 
@@ -764,39 +759,47 @@ class SQLiteBackend:
         return self._retry(lambda: cur.execute(self._sql_has, (key,)).fetchone()) is not None
 
     def set(self, key: bytes, data: bytes, buffers) -> None:
-        if not buffers and len(data) < INLINE_MAX:
-            # The path of most puts, kept short: one autocommit statement.
-            try:
-                holder = self._local.holder
-                if holder.generation != _fork_generation or self._closed:
-                    holder = self._holder()
-            except AttributeError:
-                holder = self._holder()
-            if holder.depth:
-                cur = holder.cur
-                if holder.epoch is None:
-                    self._stamp(holder, cur)
-                cur.execute(self._sql_put, (key, data))
-                return
-            lean = holder.lean
-            if lean is not None:
-                run, args = lean.conn.run, (holder.put, (key, data))
-            else:
-                run, args = holder.cur.execute, (self._sql_put, (key, data))
-            try:
-                run(*args)
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc):
-                    raise
-                self._retry(lambda: run(*args))
-            self._writes += 1
-            if self._writes >= _CHECKPOINT_EVERY:
-                self._writes = 0
-                self._checkpointer.wake()
+        if buffers or len(data) >= INLINE_MAX:
+            holder = self._holder()
+            self._write(holder, lambda cur: self._put_extent(holder, cur, key, data, buffers))
             return
-        holder = self._holder()
-        self._write(holder, lambda cur: self._put_extent(
-            holder, cur, key, data, buffers, holder.depth > 0))
+        # The path of most puts, kept short: one autocommit statement, which changes nothing
+        # if the row holds an extent (freeing that takes a transaction: _put_row).
+        try:
+            holder = self._local.holder
+        except AttributeError:
+            holder = self._holder()
+        if holder.generation != _fork_generation or self._closed:
+            holder = self._holder()
+        if holder.depth:
+            self._put_row(holder, holder.cur, key, data)
+            return
+        if holder.lean is not None:
+            def once():
+                return holder.fast_put(holder.put, key, data, _CHECKPOINT_EVERY)
+        else:
+            cur = holder.cur
+
+            def once():
+                return cur.execute(self._sql_put, (key, data)).rowcount
+
+        try:
+            done = once()
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise
+            done = self._retry(once)
+        if not done:
+            self._write(holder, lambda cur: self._put_row(holder, cur, key, data))
+            return
+        if done == 2 or holder.lean is None:
+            self._wrote(done == 2)
+
+    def _put_row(self, holder: _Holder, cur, key: bytes, data: bytes) -> None:
+        """Inside a write transaction: ``key``'s value in its row."""
+        if not cur.execute(self._sql_put, (key, data)).rowcount:
+            self._let_go(holder, cur, key)  # the row holds an extent
+            cur.execute(self._sql_replace, (data, key))
 
     def set_many(self, items) -> None:
         """Write ``(key, pickle, buffers)`` items in one transaction."""
@@ -804,32 +807,31 @@ class SQLiteBackend:
         holder = self._holder()
 
         def body(cur):
-            self._stamp(holder, cur)
-            plain = [(k, d) for k, d, bufs in items if not bufs and len(d) < INLINE_MAX]
-            if plain:
-                cur.executemany(self._sql_put, plain)
             for k, d, bufs in items:
                 if bufs or len(d) >= INLINE_MAX:
-                    self._put_extent(holder, cur, k, d, bufs, True)
+                    self._put_extent(holder, cur, k, d, bufs)
+                else:
+                    self._put_row(holder, cur, k, d)
 
         self._write(holder, body)
 
     def delete(self, key: bytes) -> bool:
         holder = self._holder()
-        cur = holder.cur
-        if holder.conn.in_transaction:
-            self._stamp(holder, cur)
-            return cur.execute(self._sql_del, (key,)).rowcount > 0
-        deleted = self._retry(lambda: cur.execute(self._sql_del, (key,)).rowcount) > 0
-        self._wrote()
-        return deleted
+        deleted = []
+
+        def body(cur):
+            self._let_go(holder, cur, key)
+            deleted.append(cur.execute(self._sql_del, (key,)).rowcount > 0)
+
+        self._write(holder, body)
+        return deleted[-1]
 
     def clear(self) -> None:
         holder = self._holder()
 
         def body(cur):
-            if holder.depth:
-                self._stamp(holder, cur)
+            holder.freed.extend(cur.execute(f"SELECT ext, size FROM {self._t} "
+                                            "WHERE ext IS NOT NULL").fetchall())
             cur.execute(f"DELETE FROM {self._t}")
 
         self._write(holder, body)
@@ -897,41 +899,55 @@ class SQLiteBackend:
         if holder.depth == 0:
             if conn.in_transaction:  # left open by a failure we could not roll back
                 conn.execute("ROLLBACK")
-            self._retry(lambda: conn.execute("BEGIN IMMEDIATE"))
+
+            def begin():
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    self._begin(holder, holder.cur)
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+
+            self._retry(begin)
             holder.depth = 1
-            holder.epoch = None
             try:
                 yield
             except BaseException:
                 holder.depth = 0
-                holder.epoch = None
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
+                self._end(holder, committed=False)
                 raise
             holder.depth = 0
-            holder.epoch = None
             try:
                 self._retry(lambda: conn.execute("COMMIT"))
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
+                self._end(holder, committed=False)
                 raise
+            self._end(holder, committed=True)
             self._wrote()
             return
         # Nested: a savepoint, so an inner block that fails undoes only its own writes.
         name = f"mason_sp{holder.depth}"
         conn.execute(f"SAVEPOINT {name}")
         holder.depth += 1
-        epoch = holder.epoch
+        holder.saves.append((len(holder.taken), len(holder.freed)))
         try:
             yield
         except BaseException:
             holder.depth -= 1
             conn.execute(f"ROLLBACK TO {name}")
-            holder.epoch = epoch  # a new epoch taken inside was rolled back with it
             conn.execute(f"RELEASE {name}")
+            # Its rows are undone: what it took is free whatever happens next, and what it
+            # let go is held again.
+            taken, freed = holder.saves.pop()
+            holder.released.extend(holder.taken[taken:])
+            del holder.taken[taken:], holder.freed[freed:]
             raise
         holder.depth -= 1
+        holder.saves.pop()
         conn.execute(f"RELEASE {name}")
 
     def in_transaction(self) -> bool:
@@ -945,15 +961,35 @@ class SQLiteBackend:
     def close(self) -> None:
         if self._closed:
             return
+        if self._pending and self._space is not None:
+            self._give_back()
         self._closed = True
         self._checkpointer.stop()
         with self._lock:
             conns = list(self._conns.items())
         for key, _ in conns:
             _close_quietly(self._conns, key)  # leaves a parent's connections alone
+        if self._space is not None:
+            self._space.close()
         closer = getattr(self, "_close_values", None)
         if closer is not None:
             closer()
+
+    def _give_back(self) -> None:
+        """Before closing: put what this process freed back on the space map (otherwise it
+        stays unused until the map's next rebuild)."""
+        try:
+            holder = self._holder()
+            if holder.depth or holder.conn.in_transaction:
+                return
+            self._write(holder, lambda cur: None)  # _begin gives the pending extents back
+        except (sqlite3.Error, StoreError, ValueError):
+            pass
+
+    def free_extents(self) -> list[tuple[int, int]]:
+        """``(offset, length)`` of the values file's free extents, and ``(end, 0)`` for where
+        it ends (a check of the space map: see _space)."""
+        return self._space.free_extents() + [(self._space.end(), 0)]
 
     def describe(self) -> str:
         return self.path

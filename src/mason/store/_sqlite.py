@@ -151,10 +151,18 @@ class _LeanCursor:
         self.index: dict[str, tuple[int, bool]] = {}
         self.rows: list = []
 
-    def execute(self, sql: str, params=()):
+    def prepared(self, sql: str) -> int:
+        """The index of ``sql``'s statement, prepared once."""
+        return self._known(sql)[0]
+
+    def _known(self, sql: str) -> tuple[int, bool]:
         known = self.index.get(sql)
         if known is None:
             known = self.index[sql] = (self.conn.prepare(sql), sql.lstrip().startswith("SELECT"))
+        return known
+
+    def execute(self, sql: str, params=()):
+        known = self._known(sql)
         if known[1]:
             self.rows = self.conn.run(known[0], params, True)
         else:
@@ -182,18 +190,22 @@ class _Holder:
     when the thread ends, its thread-local holder is collected and the connections closed
     (sqlite3.Connection takes no weak references)."""
 
-    __slots__ = ("conn", "cur", "lean", "put", "fast_put", "generation", "depth", "gen",
-                 "taken", "freed", "released", "saves", "__weakref__")
+    __slots__ = ("conn", "cur", "lean", "put", "fast_put", "extent", "fast_extent",
+                 "generation", "depth", "gen", "taken", "freed", "released", "saves",
+                 "__weakref__")
 
-    def __init__(self, conn, lean, put_sql: str, generation):
+    def __init__(self, conn, lean, put_sql: str, extent_sql: tuple, generation):
         self.conn = conn
         self.cur = conn.cursor()  # one cursor reused: conn.execute makes one per call
         # A write outside a transaction runs on the lean connection: the same statements at a
         # fraction of the sqlite3 module's cost per call.  Inside one, everything runs on
         # conn, which holds the transaction.
         self.lean = None if lean is None else _LeanCursor(lean)
-        self.put = None if lean is None else lean.prepare(put_sql)  # the one-statement put
+        # The one-statement put, and the statements of a large value's put in one call.
+        self.put = None if lean is None else self.lean.prepared(put_sql)
         self.fast_put = None if lean is None else lean.put
+        self.extent = None if lean is None else tuple(map(self.lean.prepared, extent_sql))
+        self.fast_extent = None if lean is None else lean.put_extent
         self.generation = generation
         self.depth = 0  # transaction nesting: 0 outside, 1 in BEGIN, n > 1 in savepoints
         # The open write transaction's extents (see SQLiteBackend._begin): the space map's
@@ -463,7 +475,9 @@ class SQLiteBackend:
             conn.close()
             raise
         lean = self._open_lean()
-        holder = _Holder(conn, lean, self._sql_put, _fork_generation)
+        holder = _Holder(conn, lean, self._sql_put, (
+            "BEGIN IMMEDIATE", self._sql_extent, self._sql_put_ext, "COMMIT", "ROLLBACK"),
+            _fork_generation)
         with self._lock:
             self._conns[id(holder)] = (conn, lean, os.getpid())
         weakref.finalize(holder, _close_quietly, self._conns, id(holder))
@@ -642,21 +656,52 @@ class SQLiteBackend:
         if row is not None and row[0] is not None:
             holder.freed.append(row)
 
-    def _put_extent(self, holder: _Holder, cur, key: bytes, data: bytes, buffers) -> None:
+    @staticmethod
+    def _extent_of(data: bytes, buffers) -> tuple[list, bytes, int]:
+        """``(parts, layout, need)``: what an extent holds between its nonces, the row's
+        description of it, and its whole length in bytes."""
         views = [memoryview(b) for b in buffers]
         lengths = [len(data) << 1] + [(v.nbytes << 1) | (not v.readonly) for v in views]
         total = 16 + len(data) + sum(v.nbytes for v in views)
-        need = (total + _ALIGN - 1) // _ALIGN * _ALIGN
+        layout = b"".join(_LENGTHS.pack(n) for n in lengths)
+        return [data, *views], layout, (total + _ALIGN - 1) // _ALIGN * _ALIGN
+
+    def _put_extent(self, holder: _Holder, cur, key: bytes, data: bytes, buffers) -> None:
+        parts, layout, need = self._extent_of(data, buffers)
         off = self._space.take(need)
         holder.taken.append((off, need))
         nonce = random.getrandbits(63)
         tag = _NONCE.pack(nonce)
-        _pwritev(self._fd, [tag, data, *views, tag], off)
+        _pwritev(self._fd, [tag, *parts, tag], off)
         if self._fsync_values:
             _fdatasync(self._fd)
         self._let_go(holder, cur, key)
-        layout = b"".join(_LENGTHS.pack(n) for n in lengths)
-        cur.execute(self._sql_put_ext, (key, off, need, nonce, len(views), layout))
+        cur.execute(self._sql_put_ext, (key, off, need, nonce, len(parts) - 1, layout))
+
+    def _put_extent_at_once(self, holder: _Holder, key: bytes, data: bytes, buffers) -> bool:
+        """A large value's put outside a transaction as one call of the lean connection (what
+        _write with _put_extent does); False, having done nothing, if the space map needs a
+        rebuild first."""
+        parts, layout, need = self._extent_of(data, buffers)
+        nonce = random.getrandbits(63)
+        with self._lock:
+            pending, self._pending = self._pending, []
+        try:
+            done = self._retry(lambda: holder.fast_extent(
+                holder.extent, key, parts, layout, need, nonce, self._space.map, self._uid,
+                _BOOT, self._fd, self._fsync_values, pending))
+        finally:
+            if pending:  # not given back (the call empties the list when it does)
+                with self._lock:
+                    self._pending.extend(pending)
+        if done is None:
+            return False
+        gen, old, size = done
+        if old is not None:
+            with self._lock:
+                self._pending.append((old, size, gen))
+        self._wrote()
+        return True
 
     def _read_extent(self, holder: _Holder, key: bytes, row):
         """``(pickle, buffers)`` of an extent row, or None if the row changed meanwhile."""
@@ -761,6 +806,9 @@ class SQLiteBackend:
     def set(self, key: bytes, data: bytes, buffers) -> None:
         if buffers or len(data) >= INLINE_MAX:
             holder = self._holder()
+            if holder.depth == 0 and holder.fast_extent is not None \
+                    and self._put_extent_at_once(holder, key, data, buffers):
+                return
             self._write(holder, lambda cur: self._put_extent(holder, cur, key, data, buffers))
             return
         # The path of most puts, kept short: one autocommit statement, which changes nothing

@@ -18,6 +18,10 @@
 #include <Python.h>
 #include <sqlite3.h>
 #include <dlfcn.h>
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #define MAX_STATEMENTS 64
@@ -340,6 +344,424 @@ Connection_put(Connection *self, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromLong(++self->puts % every == 0 ? 2 : 1);
 }
 
+
+/* -- the values file's space map (see _space.py, whose take and give these twin) ----------- */
+
+#define REGION (1u << 20)
+#define ENTRIES_AT 64
+#define CAPACITY ((REGION - ENTRIES_AT) / 16)
+
+typedef struct { uint64_t off, len; } Extent;
+
+static uint64_t get64(const unsigned char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+static void put64(unsigned char *p, uint64_t v) { memcpy(p, &v, 8); }
+static uint32_t get32(const unsigned char *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static void put32(unsigned char *p, uint32_t v) { memcpy(p, &v, 4); }
+#define GEN(m) ((m) + 40)
+#define END(m) ((m) + 48)
+#define STATE(m) ((m) + 56)
+#define COUNT(m) ((m) + 60)
+#define ENTRY(m, i) ((Extent *)((m) + ENTRIES_AT) + (i))  /* little-endian hosts only */
+
+static int
+by_offset(const void *a, const void *b)
+{
+    uint64_t x = ((const Extent *)a)->off, y = ((const Extent *)b)->off;
+    return x < y ? -1 : x > y;
+}
+
+/* Adjacent extents merged, a free tail handed back to end; returns the new count. */
+static uint32_t
+merge(unsigned char *m, uint32_t count)
+{
+    Extent *e = ENTRY(m, 0);
+    qsort(e, count, sizeof(Extent), by_offset);
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < count; i++) {
+        if (n && e[n - 1].off + e[n - 1].len == e[i].off)
+            e[n - 1].len += e[i].len;
+        else
+            e[n++] = e[i];
+    }
+    if (n && e[n - 1].off + e[n - 1].len == get64(END(m))) {
+        put64(END(m), e[n - 1].off);
+        n--;
+    }
+    return n;
+}
+
+static uint64_t
+take(unsigned char *m, uint64_t need)
+{
+    put32(STATE(m), 1);
+    uint32_t count = get32(COUNT(m));
+    uint64_t off = 0;
+    int found = 0;
+    for (int attempt = 0; attempt < 2 && !found; attempt++) {
+        int64_t best = -1;
+        for (uint32_t i = 0; i < count; i++) {
+            uint64_t len = ENTRY(m, i)->len;
+            if (len >= need && (best < 0 || len < ENTRY(m, best)->len))
+                best = i;
+        }
+        if (best >= 0) {
+            Extent *e = ENTRY(m, best);
+            off = e->off;
+            if (e->len > need) {
+                e->off += need;
+                e->len -= need;
+            } else {
+                *e = *ENTRY(m, count - 1);
+                count--;
+            }
+            found = 1;
+        } else if (attempt == 0) {
+            count = merge(m, count);
+        }
+    }
+    if (!found) {
+        off = get64(END(m));
+        put64(END(m), off + need);
+    }
+    put32(COUNT(m), count);
+    put32(STATE(m), 0);
+    return off;
+}
+
+/* Give back the (offset, length, gen) tuples of list; 0, or -1 with an exception set. */
+static int
+give(unsigned char *m, PyObject *list)
+{
+    uint64_t gen = get64(GEN(m));
+    Py_ssize_t n = PyList_GET_SIZE(list);
+    put32(STATE(m), 1);
+    uint32_t count = get32(COUNT(m));
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned long long off, len, when;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(list, i), "KKK", &off, &len, &when)) {
+            put32(COUNT(m), count);
+            put32(STATE(m), 0);
+            return -1;
+        }
+        if (when != gen)
+            continue;
+        if (count == CAPACITY) {
+            count = merge(m, count);
+            if (count == CAPACITY)
+                break;
+        }
+        ENTRY(m, count)->off = off;
+        ENTRY(m, count)->len = len;
+        count++;
+    }
+    put32(COUNT(m), count);
+    put32(STATE(m), 0);
+    return 0;
+}
+
+static int
+map_view(PyObject *region, Py_buffer *view)
+{
+    if (PyObject_GetBuffer(region, view, PyBUF_WRITABLE) < 0)
+        return -1;
+    if (view->len < (Py_ssize_t)REGION) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_ValueError, "the space map is too short");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+space_take(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer view;
+    unsigned long long need;
+    if (nargs != 2 || (need = PyLong_AsUnsignedLongLong(args[1])) == (unsigned long long)-1) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "space_take(region, need)");
+        return NULL;
+    }
+    if (map_view(args[0], &view) < 0)
+        return NULL;
+    uint64_t off = take(view.buf, need);
+    PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLongLong(off);
+}
+
+static PyObject *
+space_give(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer view;
+    if (nargs != 2 || !PyList_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "space_give(region, freed: list)");
+        return NULL;
+    }
+    if (map_view(args[0], &view) < 0)
+        return NULL;
+    int rc = give(view.buf, args[1]);
+    PyBuffer_Release(&view);
+    if (rc < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* The map may be used as it is: ours, from this boot, not left half-changed. */
+static int
+map_trusted(const unsigned char *m, const char *uid, const char *boot)
+{
+    return memcmp(m, "mason-sp", 8) == 0 && memcmp(m + 8, uid, 16) == 0
+           && memcmp(m + 24, boot, 16) == 0 && get32(STATE(m)) == 0
+           && get32(COUNT(m)) <= CAPACITY && get64(END(m)) >= REGION;
+}
+
+
+/* Step a statement (bound already) to its end with the GIL released; an SQLite result code. */
+static int
+step_all(Connection *self, sqlite3_stmt *stmt)
+{
+    int rc;
+    self->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW)
+        ;
+    Py_END_ALLOW_THREADS
+    self->busy = 0;
+    if (rc == SQLITE_DONE) {
+        rc = SQLITE_OK;
+    } else {
+        int code = sqlite3_reset(stmt);  /* the extended code of the failure */
+        rc = code != SQLITE_OK ? code : rc;
+    }
+    sqlite3_reset(stmt);
+    sqlite3_clear_bindings(stmt);
+    return rc;
+}
+
+/* Write all of parts at off (one pwritev per IOV_MAX parts, short writes finished). */
+static int
+write_parts(int fd, struct iovec *iov, int n, uint64_t off)
+{
+    while (n > 0) {
+        int batch = n < 512 ? n : 512;
+        ssize_t done = pwritev(fd, iov, batch, (off_t)off);
+        if (done < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        off += (uint64_t)done;
+        while (n > 0 && (size_t)done >= iov->iov_len) {  /* drop what was written */
+            done -= (ssize_t)iov->iov_len;
+            iov++;
+            n--;
+        }
+        if (n > 0) {
+            iov->iov_base = (char *)iov->iov_base + done;
+            iov->iov_len -= (size_t)done;
+        }
+    }
+    return 0;
+}
+
+/* put_extent(statements, key, parts, layout, need, nonce, region, uid, boot, fd, sync, pending)
+ *
+ * The store's put of a large value as one transaction (see _sqlite.SQLiteBackend.set):
+ * BEGIN IMMEDIATE; give the extents in pending back to the space map (and empty the list);
+ * take need bytes; write nonce | parts... | nonce there; fdatasync if sync; read the row's
+ * old extent; write the row; COMMIT.  statements are the indexes of BEGIN IMMEDIATE, the
+ * select of (ext, size) by key, the upsert of (key, ext, size, nonce, nbuf, layout), COMMIT
+ * and ROLLBACK.  Returns (gen, old offset, old size) (None, None without an old extent), or
+ * None, having done nothing, when the map is not to be trusted (the caller rebuilds it).  On
+ * failure the extent taken goes back on the map before the rollback. */
+static PyObject *
+Connection_put_extent(Connection *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    int s[5];
+    unsigned long long need, nonce;
+    const char *uid, *boot;
+    Py_ssize_t uid_n, boot_n;
+    int fd, sync;
+    if (nargs != 12 || !PyTuple_Check(args[0]) || PyTuple_GET_SIZE(args[0]) != 5
+        || !PyBytes_Check(args[1]) || !PyList_Check(args[2]) || !PyBytes_Check(args[3])
+        || !PyList_Check(args[11])) {
+        PyErr_SetString(PyExc_TypeError, "put_extent(statements, key, parts, layout, need, "
+                        "nonce, region, uid, boot, fd, sync, pending)");
+        return NULL;
+    }
+    for (int i = 0; i < 5; i++) {
+        s[i] = _PyLong_AsInt(PyTuple_GET_ITEM(args[0], i));
+        if (s[i] == -1 && PyErr_Occurred())
+            return NULL;
+    }
+    need = PyLong_AsUnsignedLongLong(args[4]);
+    nonce = PyLong_AsUnsignedLongLong(args[5]);
+    fd = _PyLong_AsInt(args[9]);
+    sync = PyObject_IsTrue(args[10]);
+    if (PyErr_Occurred() || sync < 0
+        || PyBytes_AsStringAndSize(args[7], (char **)&uid, &uid_n) < 0
+        || PyBytes_AsStringAndSize(args[8], (char **)&boot, &boot_n) < 0)
+        return NULL;
+    if (uid_n != 16 || boot_n != 16 || need == 0 || need % 4096) {
+        PyErr_SetString(PyExc_ValueError, "put_extent: bad uid, boot or need");
+        return NULL;
+    }
+    if (check_open(self) < 0)
+        return NULL;
+    for (int i = 0; i < 5; i++) {
+        if (s[i] < 0 || s[i] >= self->count) {
+            PyErr_SetString(PyExc_IndexError, "no such statement");
+            return NULL;
+        }
+    }
+    PyObject *parts = args[2];
+    Py_ssize_t nparts = PyList_GET_SIZE(parts);
+    if (nparts < 1 || nparts > 100000) {
+        PyErr_SetString(PyExc_ValueError, "put_extent: parts must hold the pickle");
+        return NULL;
+    }
+    Py_buffer region;
+    if (map_view(args[6], &region) < 0)
+        return NULL;
+    unsigned char *m = region.buf;
+    Py_buffer *views = PyMem_Calloc((size_t)nparts, sizeof(Py_buffer));
+    struct iovec *iov = PyMem_Calloc((size_t)nparts + 2, sizeof(struct iovec));
+    Py_ssize_t held = 0;
+    PyObject *result = NULL;
+    uint64_t total = 16;
+    unsigned char tag[8];
+    memcpy(tag, &nonce, 8);
+    if (views == NULL || iov == NULL) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    for (; held < nparts; held++) {
+        if (PyObject_GetBuffer(PyList_GET_ITEM(parts, held), &views[held], PyBUF_SIMPLE) < 0)
+            goto out;
+        iov[held + 1].iov_base = views[held].buf;
+        iov[held + 1].iov_len = (size_t)views[held].len;
+        total += (uint64_t)views[held].len;
+    }
+    if (total > need) {
+        PyErr_SetString(PyExc_ValueError, "put_extent: the parts do not fit in need bytes");
+        goto out;
+    }
+    iov[0].iov_base = tag;
+    iov[0].iov_len = 8;
+    iov[nparts + 1].iov_base = tag;
+    iov[nparts + 1].iov_len = 8;
+
+    int rc = step_all(self, self->stmts[s[0]]);  /* BEGIN IMMEDIATE */
+    if (rc != SQLITE_OK) {
+        raise_error(self->db, rc);
+        goto out;
+    }
+    if (!map_trusted(m, uid, boot)) {
+        step_all(self, self->stmts[s[4]]);
+        result = Py_None;
+        Py_INCREF(result);
+        goto out;
+    }
+    PyObject *pending = args[11];
+    /* Emptied even if giving failed half-way: an extent left unused until the next rebuild is
+     * better than one given twice. */
+    int gave = give(m, pending);
+    if (PyList_SetSlice(pending, 0, PyList_GET_SIZE(pending), NULL) < 0 || gave < 0) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        step_all(self, self->stmts[s[4]]);
+        PyErr_Restore(type, value, tb);
+        goto out;
+    }
+    uint64_t gen = get64(GEN(m));
+    uint64_t off = take(m, need);
+
+    int failed_io = 0;
+    self->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    failed_io = write_parts(fd, iov, (int)nparts + 2, off) < 0 || (sync && fdatasync(fd) < 0);
+    Py_END_ALLOW_THREADS
+    self->busy = 0;
+    PyObject *old_off = Py_None, *old_size = Py_None;
+    Py_INCREF(old_off);
+    Py_INCREF(old_size);
+    if (failed_io) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto undo;
+    }
+    sqlite3_stmt *select = self->stmts[s[1]];
+    sqlite3_bind_blob64(select, 1, PyBytes_AS_STRING(args[1]),
+                        (sqlite3_uint64)PyBytes_GET_SIZE(args[1]), SQLITE_STATIC);
+    rc = sqlite3_step(select);  /* one page, already cached: not worth releasing the GIL */
+    if (rc == SQLITE_ROW && sqlite3_column_type(select, 0) == SQLITE_INTEGER) {
+        Py_SETREF(old_off, PyLong_FromLongLong(sqlite3_column_int64(select, 0)));
+        Py_SETREF(old_size, PyLong_FromLongLong(sqlite3_column_int64(select, 1)));
+    }
+    if (rc == SQLITE_ROW || rc == SQLITE_DONE)
+        rc = SQLITE_OK;
+    else
+        rc = sqlite3_reset(select);
+    sqlite3_reset(select);
+    sqlite3_clear_bindings(select);
+    if (rc == SQLITE_OK) {
+        sqlite3_stmt *upsert = self->stmts[s[2]];
+        sqlite3_bind_blob64(upsert, 1, PyBytes_AS_STRING(args[1]),
+                            (sqlite3_uint64)PyBytes_GET_SIZE(args[1]), SQLITE_STATIC);
+        sqlite3_bind_int64(upsert, 2, (sqlite3_int64)off);
+        sqlite3_bind_int64(upsert, 3, (sqlite3_int64)need);
+        sqlite3_bind_int64(upsert, 4, (sqlite3_int64)nonce);
+        sqlite3_bind_int64(upsert, 5, (sqlite3_int64)(nparts - 1));
+        sqlite3_bind_blob64(upsert, 6, PyBytes_AS_STRING(args[3]),
+                            (sqlite3_uint64)PyBytes_GET_SIZE(args[3]), SQLITE_STATIC);
+        rc = step_all(self, upsert);
+    }
+    if (rc == SQLITE_OK)
+        rc = step_all(self, self->stmts[s[3]]);  /* COMMIT */
+    if (rc != SQLITE_OK) {
+        raise_error(self->db, rc);
+        goto undo;
+    }
+    if (old_off == NULL || old_size == NULL)
+        goto undo_after_commit;
+    result = Py_BuildValue("(KOO)", (unsigned long long)gen, old_off, old_size);
+undo_after_commit:
+    Py_XDECREF(old_off);
+    Py_XDECREF(old_size);
+    goto out;
+undo:
+    /* Never committed: the extent is free again (we still hold the write lock). */
+    {
+        Extent *e;
+        uint32_t count = get32(COUNT(m));
+        put32(STATE(m), 1);
+        if (count == CAPACITY)
+            count = merge(m, count);
+        if (count < CAPACITY) {
+            e = ENTRY(m, count);
+            e->off = off;
+            e->len = need;
+            count++;
+        }
+        put32(COUNT(m), count);
+        put32(STATE(m), 0);
+    }
+    if (!sqlite3_get_autocommit(self->db)) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        step_all(self, self->stmts[s[4]]);  /* ROLLBACK */
+        PyErr_Restore(type, value, tb);
+    }
+    Py_XDECREF(old_off);
+    Py_XDECREF(old_size);
+out:
+    for (Py_ssize_t i = 0; i < held; i++)
+        PyBuffer_Release(&views[i]);
+    PyMem_Free(views);
+    PyMem_Free(iov);
+    PyBuffer_Release(&region);
+    return result;
+}
+
 static PyObject *
 Connection_changes(Connection *self, PyObject *unused)
 {
@@ -384,6 +806,9 @@ static PyMethodDef Connection_methods[] = {
     {"put", (PyCFunction)(void (*)(void))Connection_put, METH_FASTCALL,
      "put(index, key, data, every) -> 0 if no row changed, else 1 (2 every every-th time): run a "
      "statement of two blobs"},
+    {"put_extent", (PyCFunction)(void (*)(void))Connection_put_extent, METH_FASTCALL,
+     "put_extent(statements, key, parts, layout, need, nonce, region, uid, boot, fd, sync, "
+     "pending): a large value's whole put in one call"},
     {"changes", (PyCFunction)Connection_changes, METH_NOARGS,
      "rows changed by the last statement"},
     {"close", (PyCFunction)Connection_close, METH_NOARGS, "close the connection"},
@@ -427,6 +852,10 @@ same_library(PyObject *module, PyObject *arg)
 }
 
 static PyMethodDef module_methods[] = {
+    {"space_take", (PyCFunction)(void (*)(void))space_take, METH_FASTCALL,
+     "space_take(region, need) -> offset: as mason.store._space.take"},
+    {"space_give", (PyCFunction)(void (*)(void))space_give, METH_FASTCALL,
+     "space_give(region, freed) -> None: as mason.store._space.give"},
     {"same_library", same_library, METH_O,
      "same_library(path) -> bool: does that extension use this module's SQLite?"},
     {NULL}

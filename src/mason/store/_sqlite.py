@@ -682,24 +682,26 @@ class SQLiteBackend:
         """A large value's put outside a transaction as one call of the lean connection (what
         _write with _put_extent does); False, having done nothing, if the space map needs a
         rebuild first."""
-        parts, layout, need = self._extent_of(data, buffers)
-        nonce = random.getrandbits(63)
         with self._lock:
             pending, self._pending = self._pending, []
+        args = (holder.extent, key, data, buffers, self._space.map, self._uid, _BOOT,
+                self._fd, self._fsync_values, pending)
         try:
-            done = self._retry(lambda: holder.fast_extent(
-                holder.extent, key, parts, layout, need, nonce, self._space.map, self._uid,
-                _BOOT, self._fd, self._fsync_values, pending))
+            try:
+                done = holder.fast_extent(*args)
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                done = self._retry(lambda: holder.fast_extent(*args))
         finally:
             if pending:  # not given back (the call empties the list when it does)
                 with self._lock:
                     self._pending.extend(pending)
         if done is None:
             return False
-        gen, old, size = done
-        if old is not None:
+        if done[1] is not None:
             with self._lock:
-                self._pending.append((old, size, gen))
+                self._pending.append((done[1], done[2], done[0]))
         self._wrote()
         return True
 

@@ -18,6 +18,7 @@
 #include <Python.h>
 #include <sqlite3.h>
 #include <dlfcn.h>
+#include <pthread.h>
 #include <errno.h>
 #include <stdint.h>
 #include <string.h>
@@ -29,6 +30,11 @@
 
 static PyObject *OperationalError, *DatabaseError, *IntegrityError;
 
+/* Bumped in every forked child: a connection opened at another count is a parent's.  (Cheaper
+ * than getpid(), a system call, on every statement.) */
+static unsigned long forks;
+static void forked(void) { forks++; }
+
 typedef struct {
     PyObject_HEAD
     sqlite3 *db;
@@ -36,7 +42,7 @@ typedef struct {
     int count;
     int busy;     /* a statement runs (with the GIL released): a second caller is refused */
     long puts;    /* put() calls that committed, for the caller's checkpoint schedule */
-    pid_t pid;    /* the process that opened db */
+    unsigned long forks;  /* the process that opened db, as the count of forks before it */
 } Connection;
 
 static PyObject *
@@ -104,7 +110,7 @@ Connection_init(Connection *self, PyObject *args, PyObject *kwds)
     }
     sqlite3_busy_timeout(db, timeout_ms);
     self->db = db;
-    self->pid = getpid();
+    self->forks = forks;
     return 0;
 }
 
@@ -115,7 +121,7 @@ check_open(Connection *self)
         PyErr_SetString(PyExc_ValueError, "the connection is closed");
         return -1;
     }
-    if (self->pid != getpid()) {
+    if (self->forks != forks) {
         PyErr_SetString(PyExc_ValueError, "the connection belongs to the parent process");
         return -1;
     }
@@ -564,29 +570,29 @@ write_parts(int fd, struct iovec *iov, int n, uint64_t off)
     return 0;
 }
 
-/* put_extent(statements, key, parts, layout, need, nonce, region, uid, boot, fd, sync, pending)
+/* put_extent(statements, key, data, buffers, region, uid, boot, fd, sync, pending)
  *
  * The store's put of a large value as one transaction (see _sqlite.SQLiteBackend.set):
  * BEGIN IMMEDIATE; give the extents in pending back to the space map (and empty the list);
- * take need bytes; write nonce | parts... | nonce there; fdatasync if sync; read the row's
- * old extent; write the row; COMMIT.  statements are the indexes of BEGIN IMMEDIATE, the
- * select of (ext, size) by key, the upsert of (key, ext, size, nonce, nbuf, layout), COMMIT
- * and ROLLBACK.  Returns (gen, old offset, old size) (None, None without an old extent), or
- * None, having done nothing, when the map is not to be trusted (the caller rebuilds it).  On
- * failure the extent taken goes back on the map before the rollback. */
+ * take a page-aligned extent; write nonce | data | buffers... | nonce there (a fresh random
+ * nonce); fdatasync if sync; read the row's old extent; write the row (its value the layout:
+ * each part's length << 1, | 1 if writable, as u64); COMMIT.  statements are the indexes of
+ * BEGIN IMMEDIATE, the select of (ext, size) by key, the upsert of (key, ext, size, nonce,
+ * nbuf, layout), COMMIT and ROLLBACK.  Returns (gen, old offset, old size) (None, None without
+ * an old extent), or None, having done nothing, when the map is not to be trusted (the caller
+ * rebuilds it).  On failure the extent taken goes back on the map before the rollback. */
 static PyObject *
 Connection_put_extent(Connection *self, PyObject *const *args, Py_ssize_t nargs)
 {
     int s[5];
-    unsigned long long need, nonce;
     const char *uid, *boot;
     Py_ssize_t uid_n, boot_n;
     int fd, sync;
-    if (nargs != 12 || !PyTuple_Check(args[0]) || PyTuple_GET_SIZE(args[0]) != 5
-        || !PyBytes_Check(args[1]) || !PyList_Check(args[2]) || !PyBytes_Check(args[3])
-        || !PyList_Check(args[11])) {
-        PyErr_SetString(PyExc_TypeError, "put_extent(statements, key, parts, layout, need, "
-                        "nonce, region, uid, boot, fd, sync, pending)");
+    if (nargs != 10 || !PyTuple_Check(args[0]) || PyTuple_GET_SIZE(args[0]) != 5
+        || !PyBytes_Check(args[1]) || !(PyList_Check(args[3]) || PyTuple_Check(args[3]))
+        || !PyList_Check(args[9])) {
+        PyErr_SetString(PyExc_TypeError, "put_extent(statements, key, data, buffers, region, "
+                        "uid, boot, fd, sync, pending)");
         return NULL;
     }
     for (int i = 0; i < 5; i++) {
@@ -594,16 +600,14 @@ Connection_put_extent(Connection *self, PyObject *const *args, Py_ssize_t nargs)
         if (s[i] == -1 && PyErr_Occurred())
             return NULL;
     }
-    need = PyLong_AsUnsignedLongLong(args[4]);
-    nonce = PyLong_AsUnsignedLongLong(args[5]);
-    fd = _PyLong_AsInt(args[9]);
-    sync = PyObject_IsTrue(args[10]);
+    fd = _PyLong_AsInt(args[7]);
+    sync = PyObject_IsTrue(args[8]);
     if (PyErr_Occurred() || sync < 0
-        || PyBytes_AsStringAndSize(args[7], (char **)&uid, &uid_n) < 0
-        || PyBytes_AsStringAndSize(args[8], (char **)&boot, &boot_n) < 0)
+        || PyBytes_AsStringAndSize(args[5], (char **)&uid, &uid_n) < 0
+        || PyBytes_AsStringAndSize(args[6], (char **)&boot, &boot_n) < 0)
         return NULL;
-    if (uid_n != 16 || boot_n != 16 || need == 0 || need % 4096) {
-        PyErr_SetString(PyExc_ValueError, "put_extent: bad uid, boot or need");
+    if (uid_n != 16 || boot_n != 16) {
+        PyErr_SetString(PyExc_ValueError, "put_extent: uid and boot are 16 bytes");
         return NULL;
     }
     if (check_open(self) < 0)
@@ -614,38 +618,42 @@ Connection_put_extent(Connection *self, PyObject *const *args, Py_ssize_t nargs)
             return NULL;
         }
     }
-    PyObject *parts = args[2];
-    Py_ssize_t nparts = PyList_GET_SIZE(parts);
-    if (nparts < 1 || nparts > 100000) {
-        PyErr_SetString(PyExc_ValueError, "put_extent: parts must hold the pickle");
+    PyObject *buffers = args[3];
+    Py_ssize_t nparts = PySequence_Fast_GET_SIZE(buffers) + 1;
+    if (nparts > 100000) {
+        PyErr_SetString(PyExc_ValueError, "put_extent: too many buffers");
         return NULL;
     }
     Py_buffer region;
-    if (map_view(args[6], &region) < 0)
+    if (map_view(args[4], &region) < 0)
         return NULL;
     unsigned char *m = region.buf;
     Py_buffer *views = PyMem_Calloc((size_t)nparts, sizeof(Py_buffer));
     struct iovec *iov = PyMem_Calloc((size_t)nparts + 2, sizeof(struct iovec));
+    PyObject *layout = PyBytes_FromStringAndSize(NULL, nparts * 8);
     Py_ssize_t held = 0;
     PyObject *result = NULL;
-    uint64_t total = 16;
+    uint64_t total = 16, need, nonce;
     unsigned char tag[8];
-    memcpy(tag, &nonce, 8);
-    if (views == NULL || iov == NULL) {
-        PyErr_NoMemory();
+    if (views == NULL || iov == NULL || layout == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_NoMemory();
         goto out;
     }
     for (; held < nparts; held++) {
-        if (PyObject_GetBuffer(PyList_GET_ITEM(parts, held), &views[held], PyBUF_SIMPLE) < 0)
+        PyObject *part = held ? PySequence_Fast_GET_ITEM(buffers, held - 1) : args[2];
+        if (PyObject_GetBuffer(part, &views[held], PyBUF_SIMPLE) < 0)
             goto out;
+        uint64_t entry = ((uint64_t)views[held].len << 1) | (held && !views[held].readonly);
+        memcpy(PyBytes_AS_STRING(layout) + held * 8, &entry, 8);
         iov[held + 1].iov_base = views[held].buf;
         iov[held + 1].iov_len = (size_t)views[held].len;
         total += (uint64_t)views[held].len;
     }
-    if (total > need) {
-        PyErr_SetString(PyExc_ValueError, "put_extent: the parts do not fit in need bytes");
-        goto out;
-    }
+    need = (total + 4095) / 4096 * 4096;
+    sqlite3_randomness(8, &nonce);
+    nonce &= (1ull << 63) - 1;
+    memcpy(tag, &nonce, 8);
     iov[0].iov_base = tag;
     iov[0].iov_len = 8;
     iov[nparts + 1].iov_base = tag;
@@ -662,7 +670,7 @@ Connection_put_extent(Connection *self, PyObject *const *args, Py_ssize_t nargs)
         Py_INCREF(result);
         goto out;
     }
-    PyObject *pending = args[11];
+    PyObject *pending = args[9];
     /* Emptied even if giving failed half-way: an extent left unused until the next rebuild is
      * better than one given twice. */
     int gave = give(m, pending);
@@ -711,8 +719,8 @@ Connection_put_extent(Connection *self, PyObject *const *args, Py_ssize_t nargs)
         sqlite3_bind_int64(upsert, 3, (sqlite3_int64)need);
         sqlite3_bind_int64(upsert, 4, (sqlite3_int64)nonce);
         sqlite3_bind_int64(upsert, 5, (sqlite3_int64)(nparts - 1));
-        sqlite3_bind_blob64(upsert, 6, PyBytes_AS_STRING(args[3]),
-                            (sqlite3_uint64)PyBytes_GET_SIZE(args[3]), SQLITE_STATIC);
+        sqlite3_bind_blob64(upsert, 6, PyBytes_AS_STRING(layout),
+                            (sqlite3_uint64)PyBytes_GET_SIZE(layout), SQLITE_STATIC);
         rc = step_all(self, upsert);
     }
     if (rc == SQLITE_OK)
@@ -756,6 +764,7 @@ undo:
 out:
     for (Py_ssize_t i = 0; i < held; i++)
         PyBuffer_Release(&views[i]);
+    Py_XDECREF(layout);
     PyMem_Free(views);
     PyMem_Free(iov);
     PyBuffer_Release(&region);
@@ -783,7 +792,7 @@ Connection_close(Connection *self, PyObject *unused)
         PyErr_SetString(PyExc_RuntimeError, "the connection is in use by another thread");
         return NULL;
     }
-    if (self->db != NULL && self->pid == getpid())
+    if (self->db != NULL && self->forks == forks)
         finish(self);
     self->db = NULL;  /* a parent's connection is forgotten, never closed, in a child */
     Py_RETURN_NONE;
@@ -792,7 +801,7 @@ Connection_close(Connection *self, PyObject *unused)
 static void
 Connection_dealloc(Connection *self)
 {
-    if (self->db != NULL && self->pid == getpid())
+    if (self->db != NULL && self->forks == forks)
         finish(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -807,8 +816,8 @@ static PyMethodDef Connection_methods[] = {
      "put(index, key, data, every) -> 0 if no row changed, else 1 (2 every every-th time): run a "
      "statement of two blobs"},
     {"put_extent", (PyCFunction)(void (*)(void))Connection_put_extent, METH_FASTCALL,
-     "put_extent(statements, key, parts, layout, need, nonce, region, uid, boot, fd, sync, "
-     "pending): a large value's whole put in one call"},
+     "put_extent(statements, key, data, buffers, region, uid, boot, fd, sync, pending): a large "
+     "value's whole put in one call"},
     {"changes", (PyCFunction)Connection_changes, METH_NOARGS,
      "rows changed by the last statement"},
     {"close", (PyCFunction)Connection_close, METH_NOARGS, "close the connection"},
@@ -871,6 +880,10 @@ PyInit__statements(void)
 {
     if (PyType_Ready(&ConnectionType) < 0)
         return NULL;
+    if (pthread_atfork(NULL, NULL, forked) != 0) {
+        PyErr_SetString(PyExc_RuntimeError, "pthread_atfork failed");
+        return NULL;
+    }
     PyObject *sqlite = PyImport_ImportModule("sqlite3");
     if (sqlite == NULL)
         return NULL;

@@ -40,6 +40,10 @@ _NONE: tuple = ()  # no out-of-band buffers (shared: nobody appends to it)
 _CONTAINERS = frozenset({dict, list, tuple, set, frozenset})
 # A thread's pickler is dropped after a pickle this large, so its buffer does not stay around.
 _KEEP_MAX = 1 << 20
+# A large bytes value travels as itself, out of band: this pickle (PROTO 5, NEXT_BUFFER, STOP)
+# and the bytes as its one read-only buffer.  pickle never writes it so (it marks a read-only
+# buffer with READONLY_BUFFER), and it loads, by pickle too, as the buffer given.
+RAW_BYTES = b"\x80\x05\x97."
 
 
 class _Packer:
@@ -121,6 +125,8 @@ class Codec:
         """``(pickle, buffers)``: the protocol 5 pickle and its out-of-band buffers, as
         memoryviews of the value's own memory (no copy; keep ``value`` alive until written)."""
         cls = value.__class__
+        if cls is bytes and len(value) >= OOB_MIN:
+            return RAW_BYTES, [memoryview(value)]  # no copy into a pickle, nor out of one
         if cls is bytes or cls is str:
             # Names no global and holds no buffer: the C pickler alone (what mason.dumps also
             # writes, without searching a large pickle for __main__).
@@ -177,6 +183,10 @@ class Codec:
 
     def load(self, data, buffers=None) -> Any:
         """The value of a stored pickle, calling only what the policy allows."""
+        if data == RAW_BYTES and buffers and len(buffers) == 1 \
+                and buffers[0].__class__ is not bytearray:  # a writable buffer is not bytes
+            raw = buffers[0]
+            return raw if raw.__class__ is bytes else bytes(raw)
         if self.plain and buffers is None:
             return loads(data)  # the default policy and limits: loads's own fast path
         if self.trusted:

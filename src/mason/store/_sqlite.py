@@ -700,9 +700,11 @@ class SQLiteBackend:
         if done is None:
             return False
         if done[1] is not None:
-            with self._lock:
+            with self._lock:  # not into a list that a _begin in another thread is giving
                 self._pending.append((done[1], done[2], done[0]))
-        self._wrote()
+        self._writes += 1
+        if self._writes >= _CHECKPOINT_EVERY:
+            self._wrote()
         return True
 
     def _read_extent(self, holder: _Holder, key: bytes, row):
@@ -806,21 +808,20 @@ class SQLiteBackend:
         return self._retry(lambda: cur.execute(self._sql_has, (key,)).fetchone()) is not None
 
     def set(self, key: bytes, data: bytes, buffers) -> None:
-        if buffers or len(data) >= INLINE_MAX:
-            holder = self._holder()
-            if holder.depth == 0 and holder.fast_extent is not None \
-                    and self._put_extent_at_once(holder, key, data, buffers):
-                return
-            self._write(holder, lambda cur: self._put_extent(holder, cur, key, data, buffers))
-            return
-        # The path of most puts, kept short: one autocommit statement, which changes nothing
-        # if the row holds an extent (freeing that takes a transaction: _put_row).
-        try:
+        try:  # _holder(), inline: a put is short enough that a call shows
             holder = self._local.holder
         except AttributeError:
             holder = self._holder()
         if holder.generation != _fork_generation or self._closed:
             holder = self._holder()
+        if buffers or len(data) >= INLINE_MAX:
+            if holder.depth or holder.fast_extent is None \
+                    or not self._put_extent_at_once(holder, key, data, buffers):
+                self._write(holder, lambda cur: self._put_extent(holder, cur, key, data,
+                                                                 buffers))
+            return
+        # The path of most puts, kept short: one autocommit statement, which changes nothing
+        # if the row holds an extent (freeing that takes a transaction: _put_row).
         if holder.depth:
             self._put_row(holder, holder.cur, key, data)
             return

@@ -20,6 +20,7 @@ the database is not trusted, so hostile bytes planted in it are refused like any
 from __future__ import annotations
 
 import io
+import sys
 import threading
 from _pickle import dumps as _c_dumps
 from pickle import PickleBuffer
@@ -44,6 +45,45 @@ _KEEP_MAX = 1 << 20
 # and the bytes as its one read-only buffer.  pickle never writes it so (it marks a read-only
 # buffer with READONLY_BUFFER), and it loads, by pickle too, as the buffer given.
 RAW_BYTES = b"\x80\x05\x97."
+
+
+def _ndarray():
+    """numpy.ndarray once numpy is imported (a value cannot be an array before), else None."""
+    global _ndarray_type
+    if _ndarray_type is None:
+        numpy = sys.modules.get("numpy")
+        if numpy is None:
+            return None
+        _ndarray_type = numpy.ndarray
+    return _ndarray_type
+
+
+_ndarray_type = None
+# The pickle of a large contiguous array with its memory out of band does not depend on that
+# memory: numpy writes _frombuffer(<buffer>, dtype, shape, order), whatever the values.  So it
+# is made once per (dtype, shape, order, writability) and reused; building a pickler for each array cost
+# more than the rest of a 100 KB put.  Keyed by the dtype's identity (numpy's builtin dtypes
+# are singletons; two equal dtypes may still pickle differently), which each entry holds.
+_ARRAY_PICKLES: dict = {}
+_ARRAY_PICKLES_MAX = 256
+
+
+def _array_key(array) -> tuple | None:
+    dtype = array.dtype
+    if dtype.hasobject or array.nbytes < OOB_MIN:
+        return None
+    flags = array.flags
+    order = "C" if flags.c_contiguous else "F" if flags.f_contiguous else None
+    # Writability too: a read-only buffer is marked so in the stream.
+    return None if order is None else (id(dtype), array.shape, order, flags.writeable)
+
+
+def _remember_array(array, data: bytes) -> None:
+    key = _array_key(array)
+    if key is not None:
+        if len(_ARRAY_PICKLES) >= _ARRAY_PICKLES_MAX:
+            _ARRAY_PICKLES.clear()
+        _ARRAY_PICKLES[key] = (array.dtype, data)
 
 
 class _Packer:
@@ -137,6 +177,10 @@ class Codec:
             data = dumps(value)
             if len(data) < OOB_MIN:
                 return data, _NONE
+        elif cls is _ndarray():
+            known = _ARRAY_PICKLES.get(_array_key(value))
+            if known is not None and known[0] is value.dtype:
+                return known[1], [PickleBuffer(value).raw()]
         # The C pickler alone, taking the buffers it is handed (numpy's contiguous
         # arrays hand theirs).  If what remains in band is small and names nothing that must
         # travel by value, that is the pickle mason's Pickler would write too; otherwise
@@ -159,6 +203,8 @@ class Codec:
             return Codec._pack_out_of_band(value)
         if len(data) >= OOB_MIN or needs_by_value(data, len(data)):
             return Codec._pack_out_of_band(value)
+        if cls is _ndarray() and len(taken) == 1:
+            _remember_array(value, data)
         return data, taken
 
     @staticmethod

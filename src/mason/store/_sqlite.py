@@ -416,6 +416,7 @@ class SQLiteBackend:
         self._closed = False
         self._writes = 0
         self._pending: list[tuple[int, int, int]] = []  # freed extents waiting: see _space
+        self._pending_fork = _fork_generation
         self._space = None
         self._map = None  # see _mapping
         self._checkpointer = _Checkpointer(self.path)
@@ -455,6 +456,10 @@ class SQLiteBackend:
         return self._connect()
 
     def _connect(self) -> _Holder:
+        if self._pending_fork != _fork_generation:
+            # A forked child's first use: what the parent freed is the parent's to give back.
+            with self._lock:
+                self._pending, self._pending_fork = [], _fork_generation
         old = getattr(self._local, "holder", None)
         if old is not None and old.generation != _fork_generation:
             me = os.getpid()
@@ -1028,13 +1033,20 @@ class SQLiteBackend:
 
     def _give_back(self) -> None:
         """Before closing: put what this process freed back on the space map (otherwise it
-        stays unused until the map's next rebuild)."""
+        stays unused until the map's next rebuild).  One try, within the connection's busy
+        timeout: a close does not wait out another writer's long transaction."""
         try:
             holder = self._holder()
-            if holder.depth or holder.conn.in_transaction:
+            conn = holder.conn
+            if holder.depth or conn.in_transaction:
                 return
-            self._write(holder, lambda cur: None)  # _begin gives the pending extents back
-        except (sqlite3.Error, StoreError, ValueError):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._begin(holder, holder.cur)  # gives the pending extents back
+            finally:
+                conn.execute("ROLLBACK")  # nothing was written in the database
+                self._end(holder, committed=False)
+        except (sqlite3.Error, StoreError, ValueError, OSError):
             pass
 
     def free_extents(self) -> list[tuple[int, int]]:

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from mason.store import Store
-from store_helpers import python_env
+from store_helpers import assert_space_consistent, python_env
 
 WRITER = r"""
 import sys, time
@@ -145,6 +145,34 @@ def test_forked_child_uses_its_own_connection(location):
         store["parent again"] = 4
         assert store["child"] == 2 and store["child txn"] == 3
         assert len(store) == 5
+
+
+def test_forked_child_never_gives_back_what_its_parent_freed(sqlite_path):
+    """The parent freed an extent and has not put it back on the space map yet when it forks:
+    only the parent may put it back (two processes giving one extent would each reuse it)."""
+    big = [bytes([i]) * 100_000 for i in range(4)]
+    with Store(sqlite_path) as store:
+        store["a"] = big[0]
+        store["a"] = big[1]  # frees the first extent; put back at this process's next write
+        assert store._backend._pending
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                for i in range(3):  # writes that would put back the parent's extent
+                    store[f"child{i}"] = big[2]
+                store.close()
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        for i in range(3):
+            store[f"parent{i}"] = big[3]
+        assert store["a"] == big[1]
+        assert all(store[f"child{i}"] == big[2] and store[f"parent{i}"] == big[3]
+                   for i in range(3))
+    assert_space_consistent(sqlite_path)
 
 
 def _checkpoint_threads():

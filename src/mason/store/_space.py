@@ -169,7 +169,8 @@ class SpaceMap:
         if len(gaps) > CAPACITY:  # keep the largest; the rest leak until the next rebuild
             gaps = sorted(gaps, key=lambda g: g[1])[-CAPACITY:]
         magic, _, _, gen, _, _, _ = _HEAD.unpack_from(self.map, 0)
-        gen = gen + 1 if magic == MAGIC else int.from_bytes(os.urandom(7), "little")
+        # A new generation (wrapping: a damaged map's may be anything), unlike any before.
+        gen = (gen + 1) % (1 << 64) if magic == MAGIC else int.from_bytes(os.urandom(7), "little")
         struct.pack_into("<I", self.map, _STATE_AT, 1)
         _store(self.map, gaps)
         _HEAD.pack_into(self.map, 0, MAGIC, uid, boot, gen, at, 1, len(gaps))

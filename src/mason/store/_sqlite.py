@@ -687,26 +687,20 @@ class SQLiteBackend:
         """A large value's put outside a transaction as one call of the lean connection (what
         _write with _put_extent does); False, having done nothing, if the space map needs a
         rebuild first."""
-        with self._lock:
-            pending, self._pending = self._pending, []
+        # The call gives self._pending back and empties it while it holds SQLite's write lock
+        # and the GIL: no _begin can swap the list meanwhile, nor an append slip in.
         args = (holder.extent, key, data, buffers, self._space.map, self._uid, _BOOT,
-                self._fd, self._fsync_values, pending)
+                self._fd, self._fsync_values, self._pending)
         try:
-            try:
-                done = holder.fast_extent(*args)
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc):
-                    raise
-                done = self._retry(lambda: holder.fast_extent(*args))
-        finally:
-            if pending:  # not given back (the call empties the list when it does)
-                with self._lock:
-                    self._pending.extend(pending)
+            done = holder.fast_extent(*args)
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise
+            done = self._retry(lambda: holder.fast_extent(*args[:-1], self._pending))
         if done is None:
             return False
         if done[1] is not None:
-            with self._lock:  # not into a list that a _begin in another thread is giving
-                self._pending.append((done[1], done[2], done[0]))
+            self._pending.append((done[1], done[2], done[0]))  # atomic under the GIL
         self._writes += 1
         if self._writes >= _CHECKPOINT_EVERY:
             self._wrote()

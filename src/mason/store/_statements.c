@@ -49,11 +49,22 @@ static PyObject *
 raise_error(sqlite3 *db, int rc)
 {
     int primary = rc & 0xFF;
-    PyObject *cls = (primary == SQLITE_BUSY || primary == SQLITE_LOCKED
-                     || primary == SQLITE_FULL || primary == SQLITE_IOERR
-                     || primary == SQLITE_CANTOPEN || primary == SQLITE_READONLY)
-                    ? OperationalError
-                    : primary == SQLITE_CONSTRAINT ? IntegrityError : DatabaseError;
+    if (primary == SQLITE_NOMEM)
+        return PyErr_NoMemory();
+    PyObject *cls;
+    switch (primary) {  /* as the sqlite3 module sorts them */
+    case SQLITE_ERROR: case SQLITE_PERM: case SQLITE_ABORT: case SQLITE_BUSY:
+    case SQLITE_LOCKED: case SQLITE_READONLY: case SQLITE_INTERRUPT: case SQLITE_IOERR:
+    case SQLITE_FULL: case SQLITE_CANTOPEN: case SQLITE_PROTOCOL: case SQLITE_EMPTY:
+    case SQLITE_SCHEMA:
+        cls = OperationalError;
+        break;
+    case SQLITE_CONSTRAINT: case SQLITE_MISMATCH:
+        cls = IntegrityError;
+        break;
+    default:
+        cls = DatabaseError;
+    }
     const char *message = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
     PyObject *exc = PyObject_CallFunction(cls, "s", message);
     if (exc == NULL)

@@ -19,7 +19,7 @@ import types
 
 import pytest
 
-from mason.store import Store, _space
+from mason.store import Store, StoreError, _space
 from mason.store._keys import encode_key
 from mason.store._space import CAPACITY, REGION
 
@@ -503,3 +503,19 @@ def test_large_bytes_come_back_as_bytes(location):
         assert type(items["b"]) is bytes and items["b"] == big
         assert type(items["pb"]) is bytearray and items["pb"] == big
         assert type(store.pop("b")) is bytes
+
+
+@pytest.mark.parametrize("uid", ["not hex", "abcd", None])
+def test_a_damaged_uid_is_a_store_error(sqlite_path, uid):
+    """The uid ties the space map to its database: without a readable one the store is
+    damaged, said as such, not a raw ValueError."""
+    Store(sqlite_path).close()
+    conn = sqlite3.connect(sqlite_path)
+    with conn:
+        if uid is None:
+            conn.execute("DELETE FROM mason_meta WHERE name = 'uid'")
+        else:
+            conn.execute("UPDATE mason_meta SET value = ? WHERE name = 'uid'", (uid,))
+    conn.close()
+    with pytest.raises(StoreError, match="damaged.*uid"):
+        Store(sqlite_path)

@@ -84,7 +84,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from ._fs import is_network_fs
-from ._space import REGION, SpaceMap, boot_id
+from ._space import SpaceMap, boot_id
 from .errors import NetworkFilesystemError, StoreBusyError, StoreError
 
 try:  # the compiled lean connection, only if it shares the sqlite3 module's SQLite library
@@ -144,7 +144,7 @@ class _LeanCursor:
     """What the write paths use of a sqlite3 cursor, over a ``_statements.Connection``:
     ``execute`` prepares each SQL text once and runs it by index."""
 
-    __slots__ = ("conn", "index", "rows", "put")
+    __slots__ = ("conn", "index", "rows")
 
     def __init__(self, conn):
         self.conn = conn
@@ -424,8 +424,7 @@ class SQLiteBackend:
         weakref.finalize(self, self._checkpointer.stop, False)
         conn = self._conn()  # open now: a bad path or a foreign file fails here, not later
         try:
-            self._uid = bytes.fromhex(conn.execute(
-                "SELECT value FROM mason_meta WHERE name = 'uid'").fetchone()[0])
+            self._uid = self._read_uid(conn)
             self._fd = _open_values(self.values_path)
         except BaseException:
             self.close()
@@ -488,6 +487,16 @@ class SQLiteBackend:
         weakref.finalize(holder, _close_quietly, self._conns, id(holder))
         self._local.holder = holder
         return holder
+
+    def _read_uid(self, conn: sqlite3.Connection) -> bytes:
+        row = conn.execute("SELECT value FROM mason_meta WHERE name = 'uid'").fetchone()
+        try:
+            uid = bytes.fromhex(row[0])
+        except (TypeError, ValueError):
+            uid = b""
+        if len(uid) != 16:
+            raise self._damaged("its uid (in mason_meta) is missing or not 16 bytes of hex")
+        return uid
 
     def _open_lean(self):
         """The thread's lean connection (after _setup made the file), or None without one."""

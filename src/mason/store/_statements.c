@@ -317,6 +317,28 @@ done:
     return row;
 }
 
+/* Step a statement (bound already) to its end with the GIL released; an SQLite result code. */
+static int
+step_all(Connection *self, sqlite3_stmt *stmt)
+{
+    int rc;
+    self->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW)
+        ;
+    Py_END_ALLOW_THREADS
+    self->busy = 0;
+    if (rc == SQLITE_DONE) {
+        rc = SQLITE_OK;
+    } else {
+        int code = sqlite3_reset(stmt);  /* the extended code of the failure */
+        rc = code != SQLITE_OK ? code : rc;
+    }
+    sqlite3_reset(stmt);
+    sqlite3_clear_bindings(stmt);
+    return rc;
+}
+
 /* put(index, key, data, every) -> int: run a two-blob statement, the store's one-statement put,
  * with less ceremony than run(): 0 if it changed no row, else 1, or 2 on every every-th call
  * that changed one. */
@@ -344,16 +366,11 @@ Connection_put(Connection *self, PyObject *const *args, Py_ssize_t nargs)
         rc = sqlite3_bind_blob64(stmt, 2, PyBytes_AS_STRING(args[2]),
                                  (sqlite3_uint64)PyBytes_GET_SIZE(args[2]), SQLITE_STATIC);
     if (rc == SQLITE_OK) {
-        self->busy = 1;
-        Py_BEGIN_ALLOW_THREADS
-        while ((rc = sqlite3_step(stmt)) == SQLITE_ROW)
-            ;
-        Py_END_ALLOW_THREADS
-        self->busy = 0;
-        rc = rc == SQLITE_DONE ? SQLITE_OK : sqlite3_reset(stmt);
+        rc = step_all(self, stmt);
+    } else {
+        sqlite3_reset(stmt);
+        sqlite3_clear_bindings(stmt);
     }
-    sqlite3_reset(stmt);
-    sqlite3_clear_bindings(stmt);
     if (rc != SQLITE_OK)
         return raise_error(self->db, rc);
     if (sqlite3_changes(self->db) == 0)
@@ -445,35 +462,43 @@ take(unsigned char *m, uint64_t need)
     return off;
 }
 
+/* Add one free extent (the map's state set by the caller); 0 if a full map, even merged,
+ * has no room for it (it stays unused until the next rebuild). */
+static int
+add_free(unsigned char *m, uint32_t *count, uint64_t off, uint64_t len)
+{
+    if (*count == CAPACITY) {
+        *count = merge(m, *count);
+        if (*count == CAPACITY)
+            return 0;
+    }
+    ENTRY(m, *count)->off = off;
+    ENTRY(m, *count)->len = len;
+    (*count)++;
+    return 1;
+}
+
 /* Give back the (offset, length, gen) tuples of list; 0, or -1 with an exception set. */
 static int
 give(unsigned char *m, PyObject *list)
 {
     uint64_t gen = get64(GEN(m));
     Py_ssize_t n = PyList_GET_SIZE(list);
+    int rc = 0;
     put32(STATE(m), 1);
     uint32_t count = get32(COUNT(m));
     for (Py_ssize_t i = 0; i < n; i++) {
         unsigned long long off, len, when;
         if (!PyArg_ParseTuple(PyList_GET_ITEM(list, i), "KKK", &off, &len, &when)) {
-            put32(COUNT(m), count);
-            put32(STATE(m), 0);
-            return -1;
+            rc = -1;
+            break;
         }
-        if (when != gen)
-            continue;
-        if (count == CAPACITY) {
-            count = merge(m, count);
-            if (count == CAPACITY)
-                break;
-        }
-        ENTRY(m, count)->off = off;
-        ENTRY(m, count)->len = len;
-        count++;
+        if (when == gen && !add_free(m, &count, off, len))
+            break;
     }
     put32(COUNT(m), count);
     put32(STATE(m), 0);
-    return 0;
+    return rc;
 }
 
 static int
@@ -532,28 +557,6 @@ map_trusted(const unsigned char *m, const char *uid, const char *boot)
            && get32(COUNT(m)) <= CAPACITY && get64(END(m)) >= REGION;
 }
 
-
-/* Step a statement (bound already) to its end with the GIL released; an SQLite result code. */
-static int
-step_all(Connection *self, sqlite3_stmt *stmt)
-{
-    int rc;
-    self->busy = 1;
-    Py_BEGIN_ALLOW_THREADS
-    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW)
-        ;
-    Py_END_ALLOW_THREADS
-    self->busy = 0;
-    if (rc == SQLITE_DONE) {
-        rc = SQLITE_OK;
-    } else {
-        int code = sqlite3_reset(stmt);  /* the extended code of the failure */
-        rc = code != SQLITE_OK ? code : rc;
-    }
-    sqlite3_reset(stmt);
-    sqlite3_clear_bindings(stmt);
-    return rc;
-}
 
 /* Write all of parts at off (one pwritev per IOV_MAX parts, short writes finished). */
 static int
@@ -750,17 +753,9 @@ undo_after_commit:
 undo:
     /* Never committed: the extent is free again (we still hold the write lock). */
     {
-        Extent *e;
         uint32_t count = get32(COUNT(m));
         put32(STATE(m), 1);
-        if (count == CAPACITY)
-            count = merge(m, count);
-        if (count < CAPACITY) {
-            e = ENTRY(m, count);
-            e->off = off;
-            e->len = need;
-            count++;
-        }
+        add_free(m, &count, off, need);
         put32(COUNT(m), count);
         put32(STATE(m), 0);
     }

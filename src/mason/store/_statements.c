@@ -25,6 +25,12 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+/* The space map and the rows' layouts are little-endian, and this code reads and writes them
+ * as host integers: elsewhere the build fails, and the store uses its pure-Python twins. */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "mason.store._statements needs a little-endian host"
+#endif
+
 #define MAX_STATEMENTS 64
 #define MAX_PARAMS 16
 
@@ -382,6 +388,7 @@ Connection_put(Connection *self, PyObject *const *args, Py_ssize_t nargs)
 /* -- the values file's space map (see _space.py, whose take and give these twin) ----------- */
 
 #define REGION (1u << 20)
+#define FEW 8  /* parts of a value that put_extent keeps on the stack */
 #define ENTRIES_AT 64
 #define CAPACITY ((REGION - ENTRIES_AT) / 16)
 
@@ -642,9 +649,14 @@ Connection_put_extent(Connection *self, PyObject *const *args, Py_ssize_t nargs)
     if (map_view(args[4], &region) < 0)
         return NULL;
     unsigned char *m = region.buf;
-    Py_buffer *views = PyMem_Calloc((size_t)nparts, sizeof(Py_buffer));
-    struct iovec *iov = PyMem_Calloc((size_t)nparts + 2, sizeof(struct iovec));
-    PyObject *layout = PyBytes_FromStringAndSize(NULL, nparts * 8);
+    /* A value of a few parts (nearly all) needs no allocation. */
+    Py_buffer few_views[FEW];
+    struct iovec few_iov[FEW + 2];
+    uint64_t few_layout[FEW];
+    int few = nparts <= FEW;
+    Py_buffer *views = few ? few_views : PyMem_Calloc((size_t)nparts, sizeof(Py_buffer));
+    struct iovec *iov = few ? few_iov : PyMem_Calloc((size_t)nparts + 2, sizeof(struct iovec));
+    uint64_t *layout = few ? few_layout : PyMem_Calloc((size_t)nparts, sizeof(uint64_t));
     Py_ssize_t held = 0;
     PyObject *result = NULL;
     uint64_t total = 16, need, nonce;
@@ -659,7 +671,7 @@ Connection_put_extent(Connection *self, PyObject *const *args, Py_ssize_t nargs)
         if (PyObject_GetBuffer(part, &views[held], PyBUF_SIMPLE) < 0)
             goto out;
         uint64_t entry = ((uint64_t)views[held].len << 1) | (held && !views[held].readonly);
-        memcpy(PyBytes_AS_STRING(layout) + held * 8, &entry, 8);
+        layout[held] = entry;  /* little-endian hosts only, as the map */
         iov[held + 1].iov_base = views[held].buf;
         iov[held + 1].iov_len = (size_t)views[held].len;
         total += (uint64_t)views[held].len;
@@ -733,8 +745,7 @@ Connection_put_extent(Connection *self, PyObject *const *args, Py_ssize_t nargs)
         sqlite3_bind_int64(upsert, 3, (sqlite3_int64)need);
         sqlite3_bind_int64(upsert, 4, (sqlite3_int64)nonce);
         sqlite3_bind_int64(upsert, 5, (sqlite3_int64)(nparts - 1));
-        sqlite3_bind_blob64(upsert, 6, PyBytes_AS_STRING(layout),
-                            (sqlite3_uint64)PyBytes_GET_SIZE(layout), SQLITE_STATIC);
+        sqlite3_bind_blob64(upsert, 6, layout, (sqlite3_uint64)nparts * 8, SQLITE_STATIC);
         rc = step_all(self, upsert);
     }
     if (rc == SQLITE_OK)
@@ -770,9 +781,11 @@ undo:
 out:
     for (Py_ssize_t i = 0; i < held; i++)
         PyBuffer_Release(&views[i]);
-    Py_XDECREF(layout);
-    PyMem_Free(views);
-    PyMem_Free(iov);
+    if (!few) {
+        PyMem_Free(views);
+        PyMem_Free(iov);
+        PyMem_Free(layout);
+    }
     PyBuffer_Release(&region);
     return result;
 }

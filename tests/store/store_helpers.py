@@ -54,7 +54,7 @@ def space_of(path: str, store=None) -> tuple[list[tuple[int, int]], int]:
         view = mmap.mmap(f.fileno(), _space.REGION, access=mmap.ACCESS_READ)
         try:
             free = _space._entries(view)
-            end = _space._GEN.unpack_from(view, _space._END_AT)[0]
+            end = _space._U64.unpack_from(view, _space._END_AT)[0]
         finally:
             view.close()
     if store is not None:

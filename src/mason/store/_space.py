@@ -45,7 +45,7 @@ __all__ = ["REGION", "SpaceMap", "boot_id", "take", "give"]
 REGION = 1 << 20  # the map's bytes at the start of the values file; extents start here
 MAGIC = b"mason-sp"
 _HEAD = struct.Struct("<8s16s16sQQII")
-_GEN = struct.Struct("<Q")
+_U64 = struct.Struct("<Q")
 _GEN_AT, _END_AT, _STATE_AT, _COUNT_AT, _ENTRIES_AT = 40, 48, 56, 60, 64
 _ENTRY = struct.Struct("<QQ")
 CAPACITY = (REGION - _ENTRIES_AT) // _ENTRY.size
@@ -84,9 +84,9 @@ def _merge(view, entries: list[tuple[int, int]]) -> list[tuple[int, int]]:
             merged[-1][1] += size
         else:
             merged.append([off, size])
-    end = _GEN.unpack_from(view, _END_AT)[0]
+    end = _U64.unpack_from(view, _END_AT)[0]
     if merged and merged[-1][0] + merged[-1][1] == end:
-        _GEN.pack_into(view, _END_AT, merged.pop()[0])
+        _U64.pack_into(view, _END_AT, merged.pop()[0])
     return [(off, size) for off, size in merged]
 
 
@@ -111,8 +111,8 @@ def take(view, need: int) -> int:
         if attempt == 0:
             entries = _merge(view, entries)
     else:
-        off = _GEN.unpack_from(view, _END_AT)[0]
-        _GEN.pack_into(view, _END_AT, off + need)
+        off = _U64.unpack_from(view, _END_AT)[0]
+        _U64.pack_into(view, _END_AT, off + need)
     _store(view, entries)
     struct.pack_into("<I", view, _STATE_AT, 0)
     return off
@@ -122,7 +122,7 @@ def give(view, freed: list) -> None:
     """Put ``(offset, length, gen)`` extents back; those of another generation than the map's
     are dropped (a rebuild since found them free).  A full map is merged; what still does not
     fit leaks until the next rebuild."""
-    gen = _GEN.unpack_from(view, _GEN_AT)[0]
+    gen = _U64.unpack_from(view, _GEN_AT)[0]
     struct.pack_into("<I", view, _STATE_AT, 1)
     entries = _entries(view)
     for off, size, when in freed:
@@ -152,7 +152,7 @@ class SpaceMap:
         self.map = mmap.mmap(fd, REGION, access=mmap.ACCESS_WRITE)
 
     def gen(self) -> int:
-        return _GEN.unpack_from(self.map, _GEN_AT)[0]
+        return _U64.unpack_from(self.map, _GEN_AT)[0]
 
     def valid(self, uid: bytes, boot: bytes) -> bool:
         magic, its_uid, its_boot, _, end, state, count = _HEAD.unpack_from(self.map, 0)
@@ -187,7 +187,7 @@ class SpaceMap:
         return sorted(_entries(self.map))
 
     def end(self) -> int:
-        return _GEN.unpack_from(self.map, _END_AT)[0]
+        return _U64.unpack_from(self.map, _END_AT)[0]
 
     def close(self) -> None:
         try:

@@ -172,10 +172,6 @@ class _LeanCursor:
             self.rows = [] if row is None else [row]
         return self
 
-    def executemany(self, sql: str, seq) -> None:
-        for params in seq:
-            self.execute(sql, params)
-
     def fetchone(self):
         return self.rows[0] if self.rows else None
 

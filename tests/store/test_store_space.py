@@ -23,7 +23,7 @@ from mason.store import Store, StoreError, _space
 from mason.store._keys import encode_key
 from mason.store._space import CAPACITY, REGION
 
-from store_helpers import assert_space_consistent, python_env, space_of
+from store_helpers import assert_space_consistent, python_env, run_python, space_of
 
 PAGE = 4096
 BIG = 100_000     # a large value's length in these tests...
@@ -519,3 +519,33 @@ def test_a_damaged_uid_is_a_store_error(sqlite_path, uid):
     conn.close()
     with pytest.raises(StoreError, match="damaged.*uid"):
         Store(sqlite_path)
+
+
+def test_the_store_works_without_its_compiled_connection(sqlite_path):
+    """An install without a compiler: the sqlite3 module's connections and the Python twins
+    of take and give do all of it, on the same files, with the same results."""
+    code = r"""
+import sys
+sys.modules["mason.store._statements"] = None   # as if it had not been built
+from mason.store import Store, _sqlite, _space
+assert _sqlite._statements is None and _space.take.__module__ == "mason.store._space"
+path = sys.argv[1]
+big = [bytes([i]) * 100_000 for i in range(3)]
+with Store(path) as store:
+    assert store._backend._holder().lean is None
+    for r in range(3):
+        for i in range(5):
+            store[i] = big[(i + r) % 3]          # large: the Python transaction path
+            store[("small", i)] = {"r": r, "i": i}
+        with store.transaction():
+            store["t"] = big[r]
+            del store[("small", 0)]
+    assert [store[i] for i in range(5)] == [big[(i + 2) % 3] for i in range(5)]
+    assert store["t"] == big[2] and ("small", 0) not in store
+print("ok")
+"""
+    assert run_python(code, sqlite_path).stdout.strip() == "ok"
+    with Store(sqlite_path) as store:  # and the compiled build reads what it wrote
+        assert store["t"] == bytes([2]) * 100_000
+        store[0] = b"again" * 10_000
+    assert_space_consistent(sqlite_path)

@@ -77,3 +77,36 @@ def assert_space_consistent(path: str) -> None:
     assert all(a + n <= b for (a, n), (b, _) in zip(extents, extents[1:])), extents
     assert not extents or extents[-1][0] + extents[-1][1] <= end
     assert all(off >= 1 << 20 for off, _ in extents)  # never inside the map itself
+
+
+def in_forked_child(work) -> None:
+    """Run ``work()`` in a forked child, which leaves with ``os._exit`` (no cleanup of what it
+    inherited); fail the test unless ``work`` returned."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            work()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the forked child failed"
+
+
+def run_together(code: str, argvs: list[list[str]], timeout: float = 300) -> None:
+    """One child Python per argument list, each running ``code`` with that list plus a start
+    time a moment ahead (so they collide as much as possible); fail the test with the output
+    of any child that did not exit cleanly after printing "done"."""
+    import time
+
+    start_at = str(time.time() + 1.5)
+    procs = [subprocess.Popen([sys.executable, "-c", code, *argv, start_at], env=python_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for argv in argvs]
+    failures = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=timeout)
+        if proc.returncode != 0 or "done" not in out:
+            failures.append(f"exit {proc.returncode}:\n{out}\n{err}")
+    assert not failures, "\n".join(failures)

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
-import time
 
 import pytest
 
 from mason.store import Store
-from store_helpers import assert_space_consistent, python_env
+from store_helpers import assert_space_consistent, in_forked_child, run_together
 
 WRITER = r"""
 import sys, time
@@ -37,17 +34,7 @@ print("done", wid)
 
 
 def _run_writers(location: str, writers: int, n: int) -> None:
-    start_at = time.time() + 1.5
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, location, str(w), str(n),
-                               str(start_at)], env=python_env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-             for w in range(writers)]
-    failures = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=300)
-        if proc.returncode != 0 or "done" not in out:
-            failures.append(f"exit {proc.returncode}:\n{out}\n{err}")
-    assert not failures, "\n".join(failures)
+    run_together(WRITER, [[location, str(w), str(n)] for w in range(writers)])
 
 
 @pytest.mark.parametrize("writers", [4])
@@ -128,19 +115,13 @@ def test_forked_child_uses_its_own_connection(location):
         store["parent"] = 1
         with store.transaction():
             store["before fork"] = 2
-        pid = os.fork()
-        if pid == 0:  # the child: write through the inherited Store object, then leave
-            code = 1
-            try:
-                store["child"] = store["parent"] + 1
-                with store.transaction():
-                    store["child txn"] = 3
-                store.close()
-                code = 0
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+        def child():  # writes through the inherited Store object
+            store["child"] = store["parent"] + 1
+            with store.transaction():
+                store["child txn"] = 3
+            store.close()
+
+        in_forked_child(child)
         # the parent's connection still works, and sees the child's writes
         store["parent again"] = 4
         assert store["child"] == 2 and store["child txn"] == 3
@@ -155,18 +136,12 @@ def test_forked_child_never_gives_back_what_its_parent_freed(sqlite_path):
         store["a"] = big[0]
         store["a"] = big[1]  # frees the first extent; put back at this process's next write
         assert store._backend._pending
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                for i in range(3):  # writes that would put back the parent's extent
-                    store[f"child{i}"] = big[2]
-                store.close()
-                code = 0
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+        def child():
+            for i in range(3):  # writes that would put back the parent's extent
+                store[f"child{i}"] = big[2]
+            store.close()
+
+        in_forked_child(child)
         for i in range(3):
             store[f"parent{i}"] = big[3]
         assert store["a"] == big[1]

@@ -12,9 +12,6 @@ import pickle
 import random
 import sqlite3
 import struct
-import subprocess
-import sys
-import time
 import types
 
 import pytest
@@ -23,7 +20,7 @@ from mason.store import Store, StoreError, _space
 from mason.store._keys import encode_key
 from mason.store._space import CAPACITY, REGION
 
-from store_helpers import assert_space_consistent, python_env, run_python, space_of
+from store_helpers import assert_space_consistent, run_python, run_together, space_of
 
 PAGE = 4096
 BIG = 100_000     # a large value's length in these tests...
@@ -450,18 +447,7 @@ def test_two_processes_overwrite_the_same_keys(sqlite_path):
     value is ever read damaged, each ends as one writer's last, and the file stays bounded
     with no extent lost or shared."""
     Store(sqlite_path).close()
-    start_at = time.time() + 1.5
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, sqlite_path, str(w), str(KEYS),
-                               str(ROUNDS), str(start_at)],
-                              env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
-             for w in range(2)]
-    failures = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=300)
-        if proc.returncode != 0 or "done" not in out:
-            failures.append(f"exit {proc.returncode}:\n{out}\n{err}")
-    assert not failures, "\n".join(failures)
+    run_together(WRITER, [[sqlite_path, str(w), str(KEYS), str(ROUNDS)] for w in range(2)])
     check: dict = {}
     exec(BLOB_SOURCE, check)
     with Store(sqlite_path) as store:

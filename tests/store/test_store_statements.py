@@ -15,6 +15,7 @@ statements = pytest.importorskip("mason.store._statements")
 from mason.store import Store  # noqa: E402
 from mason.store._keys import encode_key  # noqa: E402
 from mason.store._space import REGION  # noqa: E402
+from store_helpers import in_forked_child  # noqa: E402
 
 
 def _table(path: str) -> None:
@@ -82,20 +83,12 @@ def test_a_forked_child_leaves_the_parents_connection_alone(tmp_path):
     put = conn.prepare("INSERT INTO t (key, value) VALUES (?, ?)")
     conn.run(conn.prepare("BEGIN IMMEDIATE"), ())
     conn.put(put, b"parent", b"1", 1)
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            try:
-                conn.put(put, b"child", b"2", 1)
-            except ValueError as exc:
-                code = 0 if "parent" in str(exc) else 2
-            conn.close()  # forgets it, does not close the parent's file or roll it back
-            del conn
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    def child():
+        with pytest.raises(ValueError, match="parent"):
+            conn.put(put, b"child", b"2", 1)
+        conn.close()  # forgets it, does not close the parent's file or roll it back
+
+    in_forked_child(child)
     conn.run(conn.prepare("COMMIT"), ())  # the parent's transaction survived the child
     check = sqlite3.connect(path)
     assert check.execute("SELECT key FROM t").fetchall() == [(b"parent",)]
